@@ -1,0 +1,284 @@
+"""`vector-pipeline`: set up, seed, sync, inspect and search from a terminal.
+
+Every command runs the same engine as the Dagster assets. Known failures (bad config, missing
+key, a database that does not fit the config) print one clear message and exit non-zero, with
+no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from vector_pipeline import locations
+from vector_pipeline.config import (
+    CONFIG_DIR_ENV,
+    ConfigError,
+    MissingSecretError,
+    ProjectConfig,
+    collection_name_for,
+    load_config,
+)
+from vector_pipeline.database_setup import SetupError, setup_database
+from vector_pipeline.embedders import EmbeddingError, build_embedder
+from vector_pipeline.source import SourceTable, connect
+from vector_pipeline.status import sync_status
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, BatchReport, sync_table
+from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
+
+DEMO_QUERY = "how do I grow tomatoes in a small garden"
+_KNOWN_ERRORS = (
+    ConfigError,
+    MissingSecretError,
+    SetupError,
+    CollectionMismatchError,
+    EmbeddingError,
+    LookupError,
+)
+
+
+class _State:
+    def __init__(self, config_dir: str | None) -> None:
+        self.config_dir = config_dir
+        self._config: ProjectConfig | None = None
+
+    @property
+    def config(self) -> ProjectConfig:
+        if self._config is None:
+            self._config = load_config(self.config_dir)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(_State)
+
+
+def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except _KNOWN_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@contextmanager
+def _database() -> Iterator[Any]:
+    with connect(locations.database_url()) as conn:
+        yield conn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config-dir",
+    envvar=CONFIG_DIR_ENV,
+    type=click.Path(file_okay=False),
+    help="Folder holding embeddings.yaml and tables.yaml (default: ./config).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_dir: str | None) -> None:
+    """Keep Qdrant in step with PostgreSQL, incrementally."""
+    ctx.obj = _State(config_dir)
+
+
+@main.command("init-db")
+@pass_state
+@_fail_cleanly
+def init_db(state: _State) -> None:
+    """Add embedded_in columns and reset triggers, and create embedding_session (idempotent)."""
+    with _database() as conn:
+        for line in setup_database(conn, state.config.tables):
+            click.echo(line)
+    click.echo("database ready")
+
+
+@main.command("seed-demo")
+@click.option("--reset", is_flag=True, help="Empty the demo tables first.")
+@click.option("--articles", default=600, show_default=True)
+@click.option("--hadiths", default=400, show_default=True)
+@pass_state
+@_fail_cleanly
+def seed_demo_command(state: _State, reset: bool, articles: int, hadiths: int) -> None:
+    """Create and fill the demo tables `article` and `hadith`, then run init-db."""
+    from vector_pipeline.demo_data import seed_demo
+
+    with _database() as conn:
+        inserted = seed_demo(
+            conn, state.config.tables.schema_, articles=articles, hadiths=hadiths, reset=reset
+        )
+        for table, count in inserted.items():
+            click.echo(f"{table}: inserted {count} rows")
+        for line in setup_database(conn, state.config.tables):
+            click.echo(line)
+
+
+@main.command()
+@click.option("--model", help="Model key from embeddings.yaml (default: its `default`).")
+@click.option("--table", "tables", multiple=True, help="Table to sync (repeatable; default: all).")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True)
+@pass_state
+@_fail_cleanly
+def sync(state: _State, model: str | None, tables: tuple[str, ...], batch_size: int) -> None:
+    """Embed every pending row into the model's collection."""
+    config = state.config
+    key, model_config = config.embeddings.model(model)
+    selected = [config.tables.table(name) for name in tables] or list(config.tables.tables)
+    # The embedder is built first so a missing API key fails before any row is read.
+    embedder = build_embedder(key, model_config)
+    try:
+        with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+            for table in selected:
+                schema = config.tables.schema_for(table)
+                collection = collection_name_for(table.collection_base, model_config.id)
+                pending = SourceTable(conn, schema, table).counts(collection).pending
+                with tqdm(
+                    total=pending, desc=f"{table.name} -> {key}", unit="row", file=sys.stderr
+                ) as bar:
+
+                    def advance(report: BatchReport, bar: tqdm = bar) -> None:
+                        bar.update(report.rows)
+
+                    result = sync_table(
+                        conn=conn,
+                        qdrant=qdrant,
+                        embedder=embedder,
+                        table=table,
+                        schema=schema,
+                        batch_size=batch_size,
+                        on_batch=advance,
+                        log=_QuietLog(),
+                    )
+                click.echo(
+                    f"{table.name}: embedded {result.embedded} into {result.collection} in "
+                    f"{result.seconds:.1f} s; skipped {result.skipped}, truncated "
+                    f"{result.truncated}, still pending {result.pending_after} of "
+                    f"{result.total_rows}"
+                )
+    finally:
+        embedder.close()
+
+
+class _QuietLog:
+    """Per-batch lines would fight the progress bar; warnings still reach the terminal."""
+
+    def info(self, msg: str, *args: Any) -> None:
+        pass
+
+    def warning(self, msg: str, *args: Any) -> None:
+        tqdm.write("warning: " + (msg % args), file=sys.stderr)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--model", "models", multiple=True, help="Only this model (repeatable).")
+@pass_state
+@_fail_cleanly
+def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
+    """Per table and model: total, embedded and pending rows."""
+    with _database() as conn:
+        rows = sync_status(conn, state.config, models=list(models) or None)
+    if as_json:
+        click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
+        return
+    header = ("table", "model", "collection", "total", "embedded", "pending")
+    lines = [header] + [
+        (r.table, r.model, r.collection, str(r.total), str(r.embedded), str(r.pending))
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+@main.command()
+@click.argument("text")
+@click.option("--model", help="Model key (default: the default model).")
+@click.option("--limit", default=5, show_default=True)
+@pass_state
+@_fail_cleanly
+def search(state: _State, text: str, model: str | None, limit: int) -> None:
+    """Hybrid (dense + BM25, RRF) search; prints the top hits."""
+    from vector_pipeline.search import search as hybrid_search
+
+    config = state.config
+    key, model_config = config.embeddings.model(model)
+    collections = sorted(
+        {collection_name_for(t.collection_base, model_config.id) for t in config.tables.tables}
+    )
+    embedder = build_embedder(key, model_config)
+    try:
+        with open_qdrant(locations.qdrant_location()) as qdrant:
+            for collection in collections:
+                click.echo(f"{collection}: {text!r}")
+                hits = hybrid_search(qdrant, embedder, collection, text, limit=limit)
+                for rank, hit in enumerate(hits, start=1):
+                    meta = hit.payload.get("meta_data") or {}
+                    snippet = " ".join(str(hit.payload.get("content", "")).split())[:110]
+                    click.echo(
+                        f"{rank:>2}. {hit.score:.3f}  {meta.get('data_type')} "
+                        f"{meta.get('row_id')}  {hit.payload.get('name')}\n      {snippet}"
+                    )
+    finally:
+        embedder.close()
+
+
+@main.command()
+@click.option("--query", default=DEMO_QUERY, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, query: str) -> None:
+    """Seed the demo tables, sync them with the default model, and search once."""
+    ctx.invoke(seed_demo_command)
+    ctx.invoke(sync)
+    ctx.invoke(status)
+    ctx.invoke(search, text=query)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
+@pass_state
+@_fail_cleanly
+def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
+    """Start `dagster dev` on the embedded defaults (extra arguments go to dagster dev)."""
+    config = state.config
+    home = locations.state_dir()
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    project_root = Path.cwd()
+    # DAGSTER_HOME must hold dagster.yaml; copy the project's so both stay one file to edit.
+    shutil.copyfile(project_root / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DATABASE_URL": locations.database_url(),
+        "DAGSTER_HOME": str(dagster_home),
+        locations.STATE_DIR_ENV: str(home),
+        CONFIG_DIR_ENV: str(config.config_dir.absolute()),
+    }
+    if not os.environ.get("QDRANT_URL"):
+        env["QDRANT_PATH"] = locations.qdrant_location().path or ""
+    command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", *dagster_args]
+    click.echo(f"starting: {' '.join(command[2:])} (DAGSTER_HOME={dagster_home})")
+    os.execve(sys.executable, command, env)
+
+
+@main.command("stop-db")
+def stop_db() -> None:
+    """Stop the embedded PostgreSQL server, if it runs (its data stays)."""
+    stopped = locations.stop_embedded_database()
+    click.echo("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL running")
+
+
+if __name__ == "__main__":
+    main()

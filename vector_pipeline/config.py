@@ -1,0 +1,411 @@
+"""Typed project configuration, parsed once from `config/embeddings.yaml` and `config/tables.yaml`.
+
+Everything downstream (the sync engine, the CLI, the Dagster definitions) receives these models,
+never raw YAML, so a mistake in a file is reported once, before any row is touched, with the
+file, the key and what to write instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_DIR_ENV = "VECTOR_PIPELINE_CONFIG_DIR"
+EMBEDDINGS_FILE = "embeddings.yaml"
+TABLES_FILE = "tables.yaml"
+
+# Asset and partition names end up in Dagster, which accepts only these characters.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+# Qdrant rejects collection names with path separators and a few other characters.
+_COLLECTION_SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class ConfigError(ValueError):
+    """A configuration file is wrong; the message names the file, the key and the fix."""
+
+
+class MissingSecretError(RuntimeError):
+    """An environment variable that holds a secret is not set."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretFromEnv(_Strict):
+    """A secret given in YAML as `${VAR}`: only the variable's name is kept, never its value."""
+
+    variable: str
+
+    def resolve(self, where: str) -> str:
+        value = os.environ.get(self.variable)
+        if not value:
+            raise MissingSecretError(
+                f"{where} needs the environment variable {self.variable}, which is not set. "
+                f"Export {self.variable}=<your key> before running."
+            )
+        return value
+
+
+def _parse_secret(value: Any) -> Any:
+    if isinstance(value, SecretFromEnv) or value is None:
+        return value
+    if isinstance(value, str):
+        match = _ENV_REFERENCE.match(value.strip())
+        if match:
+            return SecretFromEnv(variable=match.group(1))
+    # Never echo the value: it may be a pasted key.
+    raise ValueError(
+        "must be a reference to an environment variable such as ${OPENAI_API_KEY}; "
+        "keys are never written in config files"
+    )
+
+
+class _ModelBase(_Strict):
+    id: str = Field(
+        min_length=1, description="The provider's model name, e.g. text-embedding-3-small."
+    )
+    dimensions: int = Field(gt=0, le=65536)
+    batch_size: int = Field(default=64, gt=0, description="Texts per embedding call.")
+
+    @field_validator("id")
+    @classmethod
+    def _collection_safe(cls, value: str) -> str:
+        if not _COLLECTION_SAFE.match(value):
+            raise ValueError(
+                "may hold only letters, digits, '_', '-' and '.', because it becomes part of "
+                "the Qdrant collection name"
+            )
+        return value
+
+
+class LocalModel(_ModelBase):
+    """A sentence-embedding model run in-process on CPU from weights installed with the package."""
+
+    provider: Literal["local"]
+    max_tokens_per_input: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+
+class DeterministicModel(_ModelBase):
+    """Hash-derived vectors: free and instant, for tests and benchmarks, useless for meaning."""
+
+    provider: Literal["deterministic"]
+    batch_size: int = Field(default=256, gt=0)
+
+
+class _HttpModel(_ModelBase):
+    api_key: Annotated[SecretFromEnv, Field(description="${ENV_VAR} holding the key")]
+    base_url: str | None = None
+    max_inputs_per_request: int = Field(default=2048, gt=0)
+    max_tokens_per_request: int = Field(default=300_000, gt=0)
+    max_tokens_per_input: int = Field(default=8191, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    # Whether to send `dimensions` in the request (only some models accept it).
+    send_dimensions: bool = True
+    batch_size: int = Field(default=256, gt=0)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return _parse_secret(value)
+
+
+class OpenAIModel(_HttpModel):
+    """OpenAI's embeddings API, or any server that speaks it (set `base_url`)."""
+
+    provider: Literal["openai"]
+
+
+class JinaModel(_HttpModel):
+    """Jina AI's embeddings API, which speaks the OpenAI protocol at its own address."""
+
+    provider: Literal["jinaai"]
+    base_url: str | None = "https://api.jina.ai/v1"
+    max_tokens_per_input: int = Field(default=8192, gt=0)
+    task: str | None = "retrieval.passage"
+    query_task: str | None = "retrieval.query"
+
+
+EmbeddingModel = Annotated[
+    LocalModel | DeterministicModel | OpenAIModel | JinaModel, Field(discriminator="provider")
+]
+
+
+class EmbeddingsConfig(_Strict):
+    default: str
+    models: dict[str, EmbeddingModel] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _model_keys(cls, models: dict[str, Any]) -> dict[str, Any]:
+        for key in models:
+            if not _NAME.match(key):
+                raise ValueError(
+                    f"model key {key!r} must start with a letter or '_' and hold only letters, "
+                    "digits and '_', because it becomes a Dagster partition key"
+                )
+        return models
+
+    @model_validator(mode="after")
+    def _default_is_a_model(self) -> EmbeddingsConfig:
+        if self.default not in self.models:
+            raise ValueError(
+                f"default is {self.default!r}, which is not one of the models "
+                f"({', '.join(self.models)}); set it to one of them"
+            )
+        return self
+
+    def model(self, key: str | None = None) -> tuple[str, EmbeddingModel]:
+        """The model named `key`, or the default; unknown names fail with the known ones."""
+        key = key or self.default
+        if key not in self.models:
+            raise ConfigError(
+                f"unknown model {key!r}; {EMBEDDINGS_FILE} defines: {', '.join(self.models)}"
+            )
+        return key, self.models[key]
+
+
+DEFAULT_TEXT_TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
+
+
+class TableConfig(_Strict):
+    """One syncable table. `name` is the Dagster asset name; `table` is the SQL table."""
+
+    name: str
+    table: str
+    schema_: str | None = Field(default=None, alias="schema")
+    data_type: str = Field(min_length=1)
+    primary_key: str = "id"
+    text_template: str = DEFAULT_TEXT_TEMPLATE
+    payload_columns: tuple[str, ...] = ()
+    name_column: str | None = None
+    collection_base: str
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _asset_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                "must start with a letter or '_' and hold only letters, digits and '_', "
+                "because it becomes a Dagster asset name; set `table:` for the SQL name"
+            )
+        return value
+
+    @field_validator("collection_base")
+    @classmethod
+    def _base_name(cls, value: str) -> str:
+        if not _COLLECTION_SAFE.match(value):
+            raise ValueError("may hold only letters, digits, '_', '-' and '.'")
+        return value
+
+    @field_validator("text_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        fields = template_columns(value)
+        if not fields:
+            raise ValueError("names no column; write e.g. 'TITLE: {title}\\nCONTENT: {content}'")
+        return value
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns whose change alters the embedded text, in template order."""
+        return template_columns(self.text_template)
+
+    @property
+    def selected_columns(self) -> tuple[str, ...]:
+        """Every column a sync reads, primary key first, each once."""
+        wanted = [self.primary_key, *self.text_columns, *self.payload_columns]
+        if self.name_column:
+            wanted.append(self.name_column)
+        return tuple(dict.fromkeys(wanted))
+
+    def render_text(self, row: dict[str, Any]) -> str:
+        """The text that gets embedded: the template filled in, NULL as empty."""
+        values = {
+            column: "" if row[column] is None else row[column] for column in self.text_columns
+        }
+        return self.text_template.format_map(values)
+
+
+def template_columns(template: str) -> tuple[str, ...]:
+    """The column names a `str.format` template refers to, in order, each once.
+
+    Only plain `{column}` fields are allowed: attribute access, indexing or positional fields
+    would let a config file reach into Python objects, and would not map to a trigger column.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"is not a valid template ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    columns: list[str] = []
+    for _literal, field, _spec, _conversion in parsed:
+        if field is None:
+            continue
+        if not field or not field.isidentifier():
+            raise ValueError(
+                f"field {{{field}}} must be a plain column name such as {{title}}; positional, "
+                "attribute and index fields are not supported"
+            )
+        columns.append(field)
+    return tuple(dict.fromkeys(columns))
+
+
+class TablesConfig(_Strict):
+    schema_: str = Field(default="public", alias="schema")
+    collection_base: str = "knowledge"
+    tables: tuple[TableConfig, ...] = Field(min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tables_from_mapping(cls, data: Any) -> Any:
+        """`tables:` is a mapping of asset name to settings; fill in inherited defaults."""
+        if not isinstance(data, dict):
+            return data
+        tables = data.get("tables")
+        if isinstance(tables, dict):
+            expanded = []
+            for name, settings in tables.items():
+                settings = dict(settings or {})
+                settings.setdefault("name", name)
+                settings.setdefault("table", name)
+                settings.setdefault("collection_base", data.get("collection_base", "knowledge"))
+                expanded.append(settings)
+            data = {**data, "tables": expanded}
+        return data
+
+    @model_validator(mode="after")
+    def _unique(self) -> TablesConfig:
+        seen: set[str] = set()
+        data_types: dict[str, str] = {}
+        for table in self.tables:
+            if table.name in seen:
+                raise ValueError(f"table {table.name!r} is listed twice")
+            seen.add(table.name)
+            # Point ids hash data_type + row id + collection: two tables sharing a data type
+            # and a collection would overwrite each other's points.
+            key = f"{table.collection_base}/{table.data_type}"
+            if key in data_types:
+                raise ValueError(
+                    f"tables {data_types[key]!r} and {table.name!r} share data_type "
+                    f"{table.data_type!r} and collection base {table.collection_base!r}; their "
+                    "point ids would collide. Give each table its own data_type."
+                )
+            data_types[key] = table.name
+        return self
+
+    def schema_for(self, table: TableConfig) -> str:
+        return table.schema_ or self.schema_
+
+    def table(self, name: str) -> TableConfig:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise ConfigError(
+            f"unknown table {name!r}; {TABLES_FILE} defines: "
+            f"{', '.join(t.name for t in self.tables)}"
+        )
+
+
+class ProjectConfig(_Strict):
+    embeddings: EmbeddingsConfig
+    tables: TablesConfig
+    config_dir: Path
+
+
+def default_config_dir() -> Path:
+    """`$VECTOR_PIPELINE_CONFIG_DIR`, else `./config` (Dagster and the CLI run from the repo)."""
+    configured = os.environ.get(CONFIG_DIR_ENV)
+    return Path(configured) if configured else Path.cwd() / "config"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: file not found. Run from the project root or set {CONFIG_DIR_ENV} "
+            "to the folder holding embeddings.yaml and tables.yaml."
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _explain(path: Path, errors: list[Any], prefix: tuple[str | int, ...] = ()) -> ConfigError:
+    lines = []
+    for error in errors:
+        location = ".".join(str(part) for part in (*prefix, *error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key; remove it or check its spelling"
+        elif error["type"] == "missing":
+            message = "required key is missing; add it"
+        elif error["type"] == "union_tag_invalid":
+            message = "unknown provider; use one of: local, openai, jinaai, deterministic"
+        elif error["type"] == "union_tag_not_found":
+            message = "`provider` is missing; use one of: local, openai, jinaai, deterministic"
+        lines.append(f"{path}: {location or '(top level)'}: {message}")
+    return ConfigError("\n".join(lines))
+
+
+def load_embeddings(path: Path) -> EmbeddingsConfig:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("embeddings"), dict):
+        raise ConfigError(
+            f"{path}: expected a top-level `embeddings:` mapping with `default` and `models`"
+        )
+    try:
+        return EmbeddingsConfig.model_validate(data["embeddings"])
+    except ValidationError as exc:
+        raise _explain(path, exc.errors(), ("embeddings",)) from None
+
+
+def load_tables(path: Path) -> TablesConfig:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("tables"), dict):
+        raise ConfigError(
+            f"{path}: expected a top-level `tables:` mapping of asset name to table settings"
+        )
+    try:
+        return TablesConfig.model_validate(data)
+    except ValidationError as exc:
+        # Pydantic locates errors inside `tables` by position; name the table instead.
+        names = list(data["tables"])
+        errors = exc.errors()
+        for error in errors:
+            loc = error["loc"]
+            if len(loc) >= 2 and loc[0] == "tables" and isinstance(loc[1], int):
+                error["loc"] = ("tables", names[loc[1]], *loc[2:])
+        raise _explain(path, errors) from None
+
+
+def load_config(config_dir: Path | str | None = None) -> ProjectConfig:
+    """Parse and cross-check both files; raise ConfigError naming file, key and fix."""
+    directory = Path(config_dir) if config_dir is not None else default_config_dir()
+    return ProjectConfig(
+        embeddings=load_embeddings(directory / EMBEDDINGS_FILE),
+        tables=load_tables(directory / TABLES_FILE),
+        config_dir=directory,
+    )
+
+
+def collection_name_for(base: str, model_id: str) -> str:
+    """`{base}_{model_id}_hybrid`: the reference design's name, one collection per model."""
+    return f"{base}_{model_id}_hybrid"

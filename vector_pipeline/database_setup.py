@@ -1,0 +1,188 @@
+"""Idempotent PostgreSQL setup: the `embedded_in` column, the reset trigger, `embedding_session`.
+
+Run as often as you like: it only adds what is missing and replaces its own trigger, never
+drops or rewrites user data. Identifiers from config always go through `sql.Identifier`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from vector_pipeline.config import TABLES_FILE, TableConfig, TablesConfig
+
+EMBEDDED_IN = "embedded_in"
+RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
+RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
+SESSION_TABLE = "embedding_session"
+
+
+class SetupError(RuntimeError):
+    """The database does not fit the configuration; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type: str
+    not_null: bool
+
+
+def table_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, ColumnInfo]:
+    """The table's columns by name; empty if the table does not exist."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        (schema, table),
+    ).fetchall()
+    return {name: ColumnInfo(name, type_, not_null) for name, type_, not_null in rows}
+
+
+def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> dict[str, ColumnInfo]:
+    """Fail clearly if the table or a configured column is missing."""
+    columns = table_columns(conn, schema, table.table)
+    where = f"{TABLES_FILE}: tables.{table.name}"
+    if not columns:
+        raise SetupError(
+            f"{where}: table {schema}.{table.table} does not exist. Create it, fix `table:` "
+            "or `schema:`, or run `vector-pipeline seed-demo` for the demo tables."
+        )
+    for key, names in (
+        ("primary_key", (table.primary_key,)),
+        ("text_template", table.text_columns),
+        ("payload_columns", table.payload_columns),
+        ("name_column", (table.name_column,) if table.name_column else ()),
+    ):
+        missing = [name for name in names if name not in columns]
+        if missing:
+            raise SetupError(
+                f"{where}.{key}: {schema}.{table.table} has no column "
+                f"{', '.join(repr(m) for m in missing)}; its columns are: {', '.join(columns)}"
+            )
+    return columns
+
+
+def setup_database(conn: psycopg.Connection, tables: TablesConfig) -> list[str]:
+    """Bring the database in line with the config; return what was done, one line each."""
+    done: list[str] = []
+    with conn.transaction():
+        for table in tables.tables:
+            schema = tables.schema_for(table)
+            columns = check_table(conn, schema, table)
+            done.extend(_ensure_embedded_in(conn, schema, table, columns))
+        for schema in sorted({tables.schema_for(t) for t in tables.tables} | {tables.schema_}):
+            _ensure_reset_function(conn, schema)
+        for table in tables.tables:
+            _ensure_reset_trigger(conn, tables.schema_for(table), table)
+            done.append(
+                f"trigger on {tables.schema_for(table)}.{table.table} resets embedded_in when "
+                f"{', '.join(table.text_columns)} change"
+            )
+        if _ensure_session_table(conn, tables.schema_):
+            done.append(f"created {tables.schema_}.{SESSION_TABLE}")
+    return done
+
+
+def _ensure_embedded_in(
+    conn: psycopg.Connection, schema: str, table: TableConfig, columns: dict[str, ColumnInfo]
+) -> list[str]:
+    existing = columns.get(EMBEDDED_IN)
+    if existing is None:
+        # A constant default makes this a catalog-only change: no table rewrite, no long lock.
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} JSONB NOT NULL DEFAULT '[]'::jsonb"
+            ).format(sql.Identifier(schema, table.table), sql.Identifier(EMBEDDED_IN))
+        )
+        return [f"added {EMBEDDED_IN} to {schema}.{table.table}"]
+    if existing.type != "jsonb":
+        raise SetupError(
+            f"{schema}.{table.table}.{EMBEDDED_IN} is {existing.type}, not jsonb. Convert it "
+            f"yourself (ALTER TABLE ... ALTER COLUMN {EMBEDDED_IN} TYPE jsonb USING "
+            f"{EMBEDDED_IN}::jsonb); setup never rewrites user data."
+        )
+    return []
+
+
+def _ensure_reset_function(conn: psycopg.Connection, schema: str) -> None:
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                -- The embedded text changed: no collection holds it any more.
+                NEW.embedded_in := '[]'::jsonb;
+                RETURN NEW;
+            END
+            $$
+            """
+        ).format(sql.Identifier(schema, RESET_FUNCTION))
+    )
+
+
+def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableConfig) -> None:
+    # A trigger, not application code, so every writer (ORM, psql, bulk UPDATE) is covered.
+    # `UPDATE OF` limits it to statements naming a text column; WHEN to real changes. Comparing
+    # the text forms works for every column type, including ones without an equality operator.
+    columns = [sql.Identifier(name) for name in table.text_columns]
+    old = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(c) for c in columns)
+    new = sql.SQL(", ").join(sql.SQL("NEW.{}::text").format(c) for c in columns)
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE OR REPLACE TRIGGER {trigger}
+            BEFORE UPDATE OF {columns} ON {table}
+            FOR EACH ROW
+            WHEN (ROW({old}) IS DISTINCT FROM ROW({new}))
+            EXECUTE FUNCTION {function}()
+            """
+        ).format(
+            trigger=sql.Identifier(RESET_TRIGGER),
+            columns=sql.SQL(", ").join(columns),
+            table=sql.Identifier(schema, table.table),
+            old=old,
+            new=new,
+            function=sql.Identifier(schema, RESET_FUNCTION),
+        )
+    )
+
+
+def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
+    exists = bool(table_columns(conn, schema, SESSION_TABLE))
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {table} (
+                id              bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                status          text NOT NULL DEFAULT 'PENDING'
+                                CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')),
+                model           text,
+                tables          text[],
+                total_items     integer NOT NULL DEFAULT 0,
+                processed_items integer NOT NULL DEFAULT 0,
+                progress        integer NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
+                error_message   text,
+                created_at      timestamptz NOT NULL DEFAULT now(),
+                started_at      timestamptz,
+                finished_at     timestamptz,
+                run_id          text
+            )
+            """
+        ).format(table=sql.Identifier(schema, SESSION_TABLE))
+    )
+    # The launcher looks only for PENDING sessions: a partial index keeps that check cheap
+    # however many finished sessions pile up.
+    conn.execute(
+        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (id) WHERE status = 'PENDING'").format(
+            sql.Identifier(f"{SESSION_TABLE}_pending_idx"),
+            sql.Identifier(schema, SESSION_TABLE),
+        )
+    )
+    return not exists

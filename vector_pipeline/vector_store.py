@@ -1,0 +1,206 @@
+"""The Qdrant side: opening a client safely, the collection layout, and writing points.
+
+The layout is the one the reference design wrote through Agno's Qdrant store in hybrid mode, so
+applications that searched its collections keep working: named vectors `dense` (cosine) and
+`sparse` (BM25 term weights, IDF applied by Qdrant), and a payload of `name`, `meta_data`,
+`content`, `content_hash`, `usage` and `content_id`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdrant_client import QdrantClient, models
+
+from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.sparse import SparseVector
+
+DENSE = "dense"
+SPARSE = "sparse"
+
+log = logging.getLogger(__name__)
+
+
+class CollectionMismatchError(RuntimeError):
+    """An existing collection's layout does not fit the model that would write to it."""
+
+
+def point_id(data_type: str, row_id: Any, collection: str) -> str:
+    """The reference design's deterministic id: a re-run overwrites instead of duplicating."""
+    digest = hashlib.md5(f"{data_type}_{row_id}_{collection}".encode()).hexdigest()
+    return str(uuid.UUID(digest))
+
+
+def content_hash(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+# Local mode lets one client hold a storage folder, even within a process. Clients in one
+# process share an open client; other processes (Dagster run workers, the CLI) queue on a file
+# lock instead of failing on Qdrant's own "already accessed" error.
+_local_clients: dict[str, _SharedClient] = {}
+_local_guard = threading.Lock()
+
+
+@dataclass
+class _SharedClient:
+    client: QdrantClient
+    lock_file: Any
+    users: int = 0
+
+
+def _acquire_file_lock(lock_path: Path, path: str) -> Any:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held until the last user closes
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("Qdrant local storage %s is in use by another process; waiting for it", path)
+        started = time.monotonic()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        log.info("Got Qdrant local storage after %.1f s", time.monotonic() - started)
+    return handle
+
+
+@contextmanager
+def open_qdrant(location: QdrantLocation) -> Iterator[QdrantClient]:
+    """A client for `location`; in local mode, waits while another process holds the folder."""
+    if location.url:
+        client = QdrantClient(url=location.url, api_key=location.api_key, timeout=60)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    path = os.path.abspath(location.path or "")
+    with _local_guard:
+        shared = _local_clients.get(path)
+        if shared is None:
+            handle = _acquire_file_lock(Path(path + ".lock"), path)
+            try:
+                client = QdrantClient(path=path)
+            except BaseException:
+                handle.close()
+                raise
+            shared = _local_clients[path] = _SharedClient(client=client, lock_file=handle)
+        shared.users += 1
+    try:
+        yield shared.client
+    finally:
+        with _local_guard:
+            shared.users -= 1
+            if shared.users == 0:
+                del _local_clients[path]
+                shared.client.close()
+                shared.lock_file.close()  # releases the flock
+
+
+def ensure_collection(client: QdrantClient, name: str, dimensions: int) -> bool:
+    """Create `name` with the hybrid layout, or check an existing one fits; True if created."""
+    if client.collection_exists(name):
+        params = client.get_collection(name).config.params
+        vectors = params.vectors if isinstance(params.vectors, dict) else {}
+        sparse = params.sparse_vectors or {}
+        if DENSE not in vectors or SPARSE not in sparse:
+            raise CollectionMismatchError(
+                f"Qdrant collection {name!r} exists but lacks the named vectors "
+                f"{DENSE!r} and {SPARSE!r}; it was not written by this pipeline. Rename "
+                "collection_base in config/tables.yaml or delete the collection."
+            )
+        if vectors[DENSE].size != dimensions:
+            raise CollectionMismatchError(
+                f"Qdrant collection {name!r} holds {vectors[DENSE].size}-dimensional vectors, "
+                f"but the model is configured for {dimensions}. Fix `dimensions` in "
+                "config/embeddings.yaml, or give the model a new id so it gets its own collection."
+            )
+        return False
+    client.create_collection(
+        name,
+        vectors_config={
+            DENSE: models.VectorParams(size=dimensions, distance=models.Distance.COSINE)
+        },
+        sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+    )
+    # Readers filter by table and row; on a server these make such filters cheap. Local mode
+    # ignores payload indexes and warns about it, which would only be noise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+        for key in ("meta_data.table", "meta_data.data_type", "content_hash"):
+            client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
+    return True
+
+
+@dataclass(frozen=True)
+class PointData:
+    id: str
+    dense: Sequence[float]
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+def upsert_points(client: QdrantClient, collection: str, points: Sequence[PointData]) -> None:
+    """Write points and wait until Qdrant has applied them, so marking rows after is safe."""
+    if not points:
+        return
+    client.upsert(
+        collection,
+        points=[
+            models.PointStruct(
+                id=point.id,
+                vector={
+                    DENSE: list(point.dense),
+                    SPARSE: models.SparseVector(
+                        indices=point.sparse.indices, values=point.sparse.values
+                    ),
+                },
+                payload=point.payload,
+            )
+            for point in points
+        ],
+        wait=True,
+    )
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    payload: dict[str, Any]
+
+
+def hybrid_query(
+    client: QdrantClient,
+    collection: str,
+    dense: Sequence[float],
+    sparse: SparseVector,
+    limit: int = 5,
+) -> list[Hit]:
+    """Dense and sparse candidates fused by reciprocal rank, as Agno's hybrid search does."""
+    prefetch_limit = max(20, limit * 4)
+    response = client.query_points(
+        collection,
+        prefetch=[
+            models.Prefetch(query=list(dense), using=DENSE, limit=prefetch_limit),
+            models.Prefetch(
+                query=models.SparseVector(indices=sparse.indices, values=sparse.values),
+                using=SPARSE,
+                limit=prefetch_limit,
+            ),
+        ],
+        query=models.FusionQuery(fusion=models.Fusion.RRF),
+        limit=limit,
+        with_payload=True,
+    )
+    return [Hit(score=point.score, payload=point.payload or {}) for point in response.points]

@@ -1,0 +1,137 @@
+"""Shared fixtures: a throwaway PostgreSQL schema per test, a project config pointing at it, and
+a local-mode Qdrant folder. Everything is real; only paid APIs are faked, over loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.database_setup import setup_database
+from vector_pipeline.source import connect
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    try:
+        with psycopg.connect(TEST_DATABASE_URL, connect_timeout=5):
+            pass
+    except psycopg.OperationalError as exc:  # a clear failure, never a skip
+        pytest.fail(f"PostgreSQL for tests is not reachable at {TEST_DATABASE_URL}: {exc}")
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    with connect(database_url) as connection:
+        yield connection
+
+
+def write_config(
+    directory: Path,
+    schema: str,
+    *,
+    default: str = "det_a",
+    extra_models: str = "",
+    tables: str | None = None,
+) -> Path:
+    """A config folder with two deterministic models (16-d and 24-d) and one `doc` table."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "embeddings.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            embeddings:
+              default: {default}
+              models:
+                det_a:
+                  provider: deterministic
+                  id: det-a
+                  dimensions: 16
+                det_b:
+                  provider: deterministic
+                  id: det-b
+                  dimensions: 24
+            """
+        )
+        + textwrap.indent(textwrap.dedent(extra_models), "    ")
+    )
+    (directory / "tables.yaml").write_text(
+        tables
+        or textwrap.dedent(
+            f"""\
+            schema: {schema}
+            collection_base: test
+            tables:
+              doc:
+                data_type: DOC
+                primary_key: id
+                text_template: "TITLE: {{title}}\\nCONTENT: {{body}}"
+                payload_columns: [title, category]
+            """
+        )
+    )
+    return directory
+
+
+def create_doc_table(conn: psycopg.Connection, schema: str, rows: int) -> None:
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE {} (
+                id bigint PRIMARY KEY,
+                title text,
+                body text,
+                category text,
+                views integer NOT NULL DEFAULT 0
+            )
+            """
+        ).format(sql.Identifier(schema, "doc"))
+    )
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            sql.SQL("INSERT INTO {} (id, title, body, category) VALUES (%s, %s, %s, %s)").format(
+                sql.Identifier(schema, "doc")
+            ),
+            [
+                (i, f"Title {i}", f"Body of document {i} about topic {i % 7}", f"cat{i % 3}")
+                for i in range(1, rows + 1)
+            ],
+        )
+
+
+@pytest.fixture
+def doc_rows() -> int:
+    return 120
+
+
+@pytest.fixture
+def project(tmp_path: Path, schema: str, conn: psycopg.Connection, doc_rows: int) -> ProjectConfig:
+    """A set-up project: `doc` table with `doc_rows` rows, init-db applied."""
+    create_doc_table(conn, schema, doc_rows)
+    config = load_config(write_config(tmp_path / "config", schema))
+    setup_database(conn, config.tables)
+    return config
+
+
+@pytest.fixture
+def qdrant_path(tmp_path: Path) -> str:
+    return str(tmp_path / "qdrant")
