@@ -245,7 +245,12 @@ def demo(ctx: click.Context, query: str) -> None:
 
 
 @main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    # -h belongs to dagster dev (its host option), so only --help is ours here.
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": ["--help"],
+    },
 )
 @click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
 @pass_state
@@ -257,7 +262,7 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
     project_root = Path.cwd()
-    # DAGSTER_HOME must hold dagster.yaml; copy the project's so both stay one file to edit.
+    # DAGSTER_HOME must hold dagster.yaml; copy the project's so there is one file to edit.
     shutil.copyfile(project_root / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
         **os.environ,
@@ -268,8 +273,12 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     }
     if not os.environ.get("QDRANT_URL"):
         env["QDRANT_PATH"] = locations.qdrant_location().path or ""
-    command = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", *dagster_args]
-    click.echo(f"starting: {' '.join(command[2:])} (DAGSTER_HOME={dagster_home})")
+    workspace = project_root / "workspace.yaml"
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *dagster_args]
+    click.echo(f"starting dagster dev -w {workspace} with DAGSTER_HOME={dagster_home}")
+    # Run from DAGSTER_HOME: dagster dev warns about a dagster.yaml in its working directory
+    # that is not DAGSTER_HOME's; workspace.yaml resolves the code location's own directory.
+    os.chdir(dagster_home)
     os.execve(sys.executable, command, env)
 
 

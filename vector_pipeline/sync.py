@@ -112,12 +112,14 @@ def _has_text(table: TableConfig, row: SourceRow) -> bool:
     )
 
 
-def _payload(table: TableConfig, row: SourceRow, text: str) -> dict[str, Any]:
+def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
     name = row.values.get(table.name_column) if table.name_column else None
     meta = {
         "table": table.name,
         "data_type": table.data_type,
         "row_id": json_safe(row.key),
+        # The model read only a prefix of `content`; readers can tell.
+        "truncated": truncated,
         **{column: json_safe(row.values[column]) for column in table.payload_columns},
     }
     return {
@@ -153,6 +155,7 @@ def sync_batch(
         dense = embedder.embed_documents(texts)
         sparse = bm25().embed_documents(texts)
         truncated, tokens = dense.truncated, dense.tokens
+        cut = set(truncated)
         upsert_points(
             qdrant,
             collection,
@@ -161,10 +164,10 @@ def sync_batch(
                     id=point_id(table.data_type, row.key, collection),
                     dense=vector,
                     sparse=sparse_vector,
-                    payload=_payload(table, row, text),
+                    payload=_payload(table, row, text, index in cut),
                 )
-                for row, text, vector, sparse_vector in zip(
-                    wanted, texts, dense.vectors, sparse, strict=True
+                for index, (row, text, vector, sparse_vector) in enumerate(
+                    zip(wanted, texts, dense.vectors, sparse, strict=True)
                 )
             ],
         )

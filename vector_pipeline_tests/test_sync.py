@@ -14,11 +14,13 @@ from psycopg import sql
 from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import ProjectConfig, collection_name_for, load_config
+from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import DenseEmbeddings, Embedder, build_embedder
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.search import search
 from vector_pipeline.sync import BatchReport, SyncResult, sync_table
 from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
-from vector_pipeline_tests.conftest import write_config
+from vector_pipeline_tests.conftest import create_doc_table, write_config
 
 
 @pytest.fixture
@@ -103,6 +105,7 @@ def test_point_ids_follow_the_reference_formula_and_payload_layout(project, conn
             "table": "doc",
             "data_type": "DOC",
             "row_id": row_id,
+            "truncated": False,
             "title": f"Title {row_id}",
             "category": f"cat{row_id % 3}",
         }
@@ -284,3 +287,48 @@ def test_concurrent_local_mode_openers_wait_instead_of_crashing(qdrant_path: str
     out, _ = waiting.communicate(timeout=60)
     assert waiting.returncode == 0
     assert out.splitlines()[-1] == "opened True"
+
+
+def test_local_model_sync_records_cuts_and_finds_by_meaning(conn, schema, tmp_path, qdrant):
+    """The shipped default provider end to end: a text over 256 word pieces is cut, recorded
+    on its point, and a hybrid search ranks the row that answers the question first."""
+    create_doc_table(conn, schema, 0)
+    rows = [
+        (1, "Growing tomatoes", "Water tomato plants deeply and stake them as they grow."),
+        (2, "Stars", "A telescope gathers light from distant galaxies and nebulae."),
+        (3, "Bread", "Knead the dough, let it rise, then bake it in a hot oven."),
+        (4, "Long", " ".join(["The committee discussed the annual budget at length."] * 80)),
+    ]
+    conn.cursor().executemany(
+        sql.SQL("INSERT INTO {} (id, title, body) VALUES (%s, %s, %s)").format(
+            sql.Identifier(schema, "doc")
+        ),
+        rows,
+    )
+    config = load_config(
+        write_config(
+            tmp_path / "local",
+            schema,
+            default="minilm",
+            extra_models="""\
+            minilm:
+              provider: local
+              id: all-MiniLM-L6-v2
+              dimensions: 384
+            """,
+        )
+    )
+    setup_database(conn, config.tables)
+    result = run_sync(config, conn, qdrant)
+    assert (result.embedded, result.truncated, result.truncated_ids) == (4, 1, [4])
+    points = {p.payload["meta_data"]["row_id"]: p for p in all_points(qdrant, result.collection)}
+    assert [points[i].payload["meta_data"]["truncated"] for i in (1, 2, 3, 4)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+
+    key, model = config.embeddings.model()
+    hits = search(qdrant, build_embedder(key, model), result.collection, "how to grow vegetables")
+    assert hits[0].payload["meta_data"]["row_id"] == 1
