@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from vector_pipeline.config import (
 )
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.embedders import EmbeddingError, build_embedder
+from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
 from vector_pipeline.sync import DEFAULT_BATCH_SIZE, BatchReport, sync_table
@@ -98,7 +100,7 @@ def main(ctx: click.Context, config_dir: str | None) -> None:
 def init_db(state: _State) -> None:
     """Add embedded_in columns and reset triggers, and create embedding_session (idempotent)."""
     with _database() as conn:
-        for line in setup_database(conn, state.config.tables):
+        for line in setup_database(conn, state.config):
             click.echo(line)
     click.echo("database ready")
 
@@ -119,7 +121,7 @@ def seed_demo_command(state: _State, reset: bool, articles: int, hadiths: int) -
         )
         for table, count in inserted.items():
             click.echo(f"{table}: inserted {count} rows")
-        for line in setup_database(conn, state.config.tables):
+        for line in setup_database(conn, state.config):
             click.echo(line)
 
 
@@ -233,6 +235,62 @@ def search(state: _State, text: str, model: str | None, limit: int) -> None:
         embedder.close()
 
 
+@main.group()
+def session() -> None:
+    """Ask Dagster for a sync through embedding_session, and watch it."""
+
+
+@session.command("create")
+@click.option("--model", help="Model key (default: the default model when the run starts).")
+@click.option("--table", "tables", multiple=True, help="Table (repeatable; default: all).")
+@pass_state
+@_fail_cleanly
+def session_create(state: _State, model: str | None, tables: tuple[str, ...]) -> None:
+    """Insert a PENDING session and print its id."""
+    config = state.config
+    # Checked here for a quick answer; the sensor checks again, since any app may insert rows.
+    if model:
+        config.embeddings.model(model)
+    for name in tables:
+        config.tables.table(name)
+    with _database() as conn:
+        click.echo(SessionStore(conn, config.tables.schema_).create(model, list(tables)))
+
+
+@session.command("watch")
+@click.argument("session_id", type=int)
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between polls.")
+@pass_state
+@_fail_cleanly
+def session_watch(state: _State, session_id: int, interval: float) -> None:
+    """Show a session's progress until it is COMPLETED (exit 0) or FAILED (exit 1)."""
+    with _database() as conn:
+        store = SessionStore(conn, state.config.tables.schema_)
+        current = store.get(session_id)
+        if current is None:
+            raise click.ClickException(f"no embedding_session with id {session_id}")
+        with tqdm(total=max(current.total_items, 1), unit="row", file=sys.stderr) as bar:
+            shown = None
+            while True:
+                state_now = (current.status, current.total_items, current.processed_items)
+                if state_now != shown:  # redraw on change only: logs stay readable without a TTY
+                    bar.set_description(f"session {session_id} {current.status}")
+                    bar.total = max(current.total_items, 1)
+                    bar.n = current.processed_items
+                    bar.refresh()
+                    shown = state_now
+                if current.finished:
+                    break
+                time.sleep(interval)
+                current = store.get(session_id) or current
+    if current.status == FAILED:
+        raise click.ClickException(f"session {session_id} FAILED: {current.error_message}")
+    click.echo(
+        f"session {session_id} COMPLETED: {current.processed_items} of "
+        f"{current.total_items} rows processed (run {current.run_id})"
+    )
+
+
 @main.command()
 @click.option("--query", default=DEMO_QUERY, show_default=True)
 @click.pass_context
@@ -264,9 +322,11 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     project_root = Path.cwd()
     # DAGSTER_HOME must hold dagster.yaml; copy the project's so there is one file to edit.
     shutil.copyfile(project_root / "dagster.yaml", dagster_home / "dagster.yaml")
+    database_url = locations.database_url()
     env = {
         **os.environ,
-        "DATABASE_URL": locations.database_url(),
+        "DATABASE_URL": database_url,
+        "DAGSTER_PG_URL": locations.dagster_storage_url(database_url),
         "DAGSTER_HOME": str(dagster_home),
         locations.STATE_DIR_ENV: str(home),
         CONFIG_DIR_ENV: str(config.config_dir.absolute()),

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CONFIG_DIR_ENV = "VECTOR_PIPELINE_CONFIG_DIR"
 EMBEDDINGS_FILE = "embeddings.yaml"
 TABLES_FILE = "tables.yaml"
+ORCHESTRATION_FILE = "orchestration.yaml"
 
 # Asset and partition names end up in Dagster, which accepts only these characters.
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -322,9 +323,36 @@ class TablesConfig(_Strict):
         )
 
 
+class ScheduleConfig(_Strict):
+    cron: str = "*/30 * * * *"
+    # Off by default: operators turn it on in the Dagster UI (or here) once they want it.
+    enabled: bool = False
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must be a five-field cron expression such as '*/30 * * * *'")
+        return value
+
+
+class SensorsConfig(_Strict):
+    sessions_interval_seconds: int = Field(default=5, ge=1)
+    pending_rows_interval_seconds: int = Field(default=60, ge=1)
+    pending_rows_enabled: bool = False
+
+
+class OrchestrationConfig(_Strict):
+    """`config/orchestration.yaml` (optional): the schedule and sensors Dagster runs."""
+
+    schedule: ScheduleConfig = ScheduleConfig()
+    sensors: SensorsConfig = SensorsConfig()
+
+
 class ProjectConfig(_Strict):
     embeddings: EmbeddingsConfig
     tables: TablesConfig
+    orchestration: OrchestrationConfig = OrchestrationConfig()
     config_dir: Path
 
 
@@ -396,12 +424,25 @@ def load_tables(path: Path) -> TablesConfig:
         raise _explain(path, errors) from None
 
 
+def load_orchestration(path: Path) -> OrchestrationConfig:
+    if not path.exists():
+        return OrchestrationConfig()
+    data = _read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with `schedule` and/or `sensors`")
+    try:
+        return OrchestrationConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(path, exc.errors()) from None
+
+
 def load_config(config_dir: Path | str | None = None) -> ProjectConfig:
-    """Parse and cross-check both files; raise ConfigError naming file, key and fix."""
+    """Parse and cross-check the files; raise ConfigError naming file, key and fix."""
     directory = Path(config_dir) if config_dir is not None else default_config_dir()
     return ProjectConfig(
         embeddings=load_embeddings(directory / EMBEDDINGS_FILE),
         tables=load_tables(directory / TABLES_FILE),
+        orchestration=load_orchestration(directory / ORCHESTRATION_FILE),
         config_dir=directory,
     )
 

@@ -6,17 +6,42 @@ drops or rewrites user data. Identifiers from config always go through `sql.Iden
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
-from vector_pipeline.config import TABLES_FILE, TableConfig, TablesConfig
+from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
 
 EMBEDDED_IN = "embedded_in"
 RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
 RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
 SESSION_TABLE = "embedding_session"
+
+
+def collection_marker(collection: str) -> sql.Composable:
+    """`'["collection"]'::jsonb`, the value appended to and looked for in `embedded_in`."""
+    return sql.SQL("{}::jsonb").format(sql.Literal(json.dumps([collection])))
+
+
+def pending_condition(collection: str) -> sql.Composable:
+    """True for rows whose `embedded_in` lacks `collection` (NULL and non-arrays count as empty).
+
+    The collection is a literal, not a parameter, and the expression is the same everywhere,
+    so PostgreSQL matches it to the partial index `setup_database` creates per collection:
+    finding k pending rows then costs time in k, not in the size of the table.
+    """
+    return sql.SQL("NOT (coalesce({}, '[]'::jsonb) @> {})").format(
+        sql.Identifier(EMBEDDED_IN), collection_marker(collection)
+    )
+
+
+def pending_index_name(table: TableConfig, collection: str) -> str:
+    # Identifiers stop at 63 bytes; the hash keeps long table/collection names distinct.
+    digest = hashlib.md5(f"{table.table}/{collection}".encode()).hexdigest()[:10]
+    return f"{table.table[:40]}_pending_{digest}"
 
 
 class SetupError(RuntimeError):
@@ -69,8 +94,13 @@ def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> di
     return columns
 
 
-def setup_database(conn: psycopg.Connection, tables: TablesConfig) -> list[str]:
-    """Bring the database in line with the config; return what was done, one line each."""
+def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]:
+    """Bring the database in line with the config; return what was done, one line each.
+
+    `conn` must be in autocommit mode: the pending-row indexes are built CONCURRENTLY, which
+    keeps the table writable while they build and cannot run inside a transaction.
+    """
+    tables = config.tables
     done: list[str] = []
     with conn.transaction():
         for table in tables.tables:
@@ -87,7 +117,42 @@ def setup_database(conn: psycopg.Connection, tables: TablesConfig) -> list[str]:
             )
         if _ensure_session_table(conn, tables.schema_):
             done.append(f"created {tables.schema_}.{SESSION_TABLE}")
+    for table in tables.tables:
+        for model in config.embeddings.models.values():
+            collection = collection_name_for(table.collection_base, model.id)
+            if _ensure_pending_index(conn, tables.schema_for(table), table, collection):
+                done.append(f"indexed pending rows of {table.table} for {collection}")
     return done
+
+
+def _ensure_pending_index(
+    conn: psycopg.Connection, schema: str, table: TableConfig, collection: str
+) -> bool:
+    name = pending_index_name(table, collection)
+    exists = conn.execute(
+        """
+        SELECT i.indisvalid FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_index i ON i.indexrelid = c.oid
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (schema, name),
+    ).fetchone()
+    if exists and exists[0]:
+        return False
+    if exists:  # a CONCURRENTLY build that was interrupted leaves an invalid index behind
+        conn.execute(
+            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
+        )
+    conn.execute(
+        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({}) WHERE {}").format(
+            sql.Identifier(name),
+            sql.Identifier(schema, table.table),
+            sql.Identifier(table.primary_key),
+            pending_condition(collection),
+        )
+    )
+    return True
 
 
 def _ensure_embedded_in(

@@ -5,11 +5,17 @@ from __future__ import annotations
 import dagster as dg
 
 from vector_pipeline.config import ProjectConfig, load_config
-from vector_pipeline.orchestration.assets import table_assets
+from vector_pipeline.orchestration.assets import sync_job, table_assets
 from vector_pipeline.orchestration.resources import (
     EmbeddingsResource,
     PostgresResource,
     QdrantResource,
+)
+from vector_pipeline.orchestration.schedules import incremental_sync_schedule
+from vector_pipeline.orchestration.sensors import (
+    pending_rows_launcher,
+    session_launcher,
+    session_outcomes,
 )
 
 
@@ -20,8 +26,16 @@ def build_definitions(
     qdrant: QdrantResource | None = None,
 ) -> dg.Definitions:
     config = config or load_config()
+    job = sync_job(config)
     return dg.Definitions(
         assets=table_assets(config),
+        jobs=[job],
+        schedules=[incremental_sync_schedule(config, job)],
+        sensors=[
+            session_launcher(config, job),
+            *session_outcomes(config, job),
+            pending_rows_launcher(config, job),
+        ],
         resources={
             "postgres": postgres or PostgresResource(),
             "qdrant": qdrant or QdrantResource(),

@@ -88,3 +88,29 @@ def qdrant_location() -> QdrantLocation:
         return QdrantLocation(url=url, api_key=qdrant_api_key())
     path = os.environ.get("QDRANT_PATH") or str(state_dir() / "qdrant")
     return QdrantLocation(path=path)
+
+
+DAGSTER_DATABASE = "dagster"
+
+
+def dagster_storage_url(database_url: str) -> str:
+    """`$DAGSTER_PG_URL`, else a `dagster` database on the source server (created if missing).
+
+    Dagster's storage goes through SQLAlchemy with psycopg2 (SQLAlchemy 2.1 maps a bare
+    `postgresql://` to psycopg 3, which Dagster's LISTEN/NOTIFY code does not support).
+    """
+    configured = os.environ.get("DAGSTER_PG_URL")
+    if configured:
+        return configured
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DATABASE,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DAGSTER_DATABASE)))
+    url = make_url(database_url).set(drivername="postgresql+psycopg2", database=DAGSTER_DATABASE)
+    return url.render_as_string(hide_password=False)

@@ -9,7 +9,6 @@ that lands while the row is being embedded leaves the row pending instead of mar
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,12 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from vector_pipeline.config import TableConfig
-from vector_pipeline.database_setup import EMBEDDED_IN, check_table
+from vector_pipeline.database_setup import (
+    EMBEDDED_IN,
+    check_table,
+    collection_marker,
+    pending_condition,
+)
 
 VERSION = "__vector_pipeline_version"
 
@@ -67,13 +71,6 @@ class SourceTable:
             sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.text_columns
         )
         self._version = sql.SQL("md5(ROW({})::text)").format(text_columns)
-        self._contains = sql.SQL("coalesce(t.{}, '[]'::jsonb) @> %(marker)s::jsonb").format(
-            sql.Identifier(EMBEDDED_IN)
-        )
-
-    @staticmethod
-    def _marker(collection: str) -> str:
-        return json.dumps([collection])
 
     def pending_batches(self, collection: str, batch_size: int) -> Iterator[list[SourceRow]]:
         """Pending rows in key order, `batch_size` at a time, each read in its own transaction."""
@@ -81,19 +78,19 @@ class SourceTable:
             sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.selected_columns
         )
         base = "SELECT {selected}, {version} AS {version_name} FROM {relation} AS t "
-        first = sql.SQL(base + "WHERE NOT ({contains}) ORDER BY t.{pk} LIMIT %(limit)s")
+        first = sql.SQL(base + "WHERE {pending} ORDER BY t.{pk} LIMIT %(limit)s")
         after = sql.SQL(
-            base + "WHERE NOT ({contains}) AND t.{pk} > %(after)s ORDER BY t.{pk} LIMIT %(limit)s"
+            base + "WHERE {pending} AND t.{pk} > %(after)s ORDER BY t.{pk} LIMIT %(limit)s"
         )
         parts = {
             "selected": selected,
             "version": self._version,
             "version_name": sql.Identifier(VERSION),
             "relation": self._relation,
-            "contains": self._contains,
+            "pending": pending_condition(collection),
             "pk": self._pk,
         }
-        params: dict[str, Any] = {"marker": self._marker(collection), "limit": batch_size}
+        params: dict[str, Any] = {"limit": batch_size}
         query = first.format(**parts)
         next_query = after.format(**parts)
         while True:
@@ -128,23 +125,23 @@ class SourceTable:
             UPDATE {relation} AS t
             SET {embedded_in} = CASE WHEN jsonb_typeof(t.{embedded_in}) = 'array'
                                      THEN t.{embedded_in} ELSE '[]'::jsonb END
-                                || %(marker)s::jsonb
+                                || {marker}
             FROM unnest(%(keys)s::{pk_type}[], %(versions)s::text[]) AS v(key, version)
-            WHERE t.{pk} = v.key AND {version} = v.version AND NOT ({contains})
+            WHERE t.{pk} = v.key AND {version} = v.version AND {pending}
             """
         ).format(
             relation=self._relation,
             embedded_in=sql.Identifier(EMBEDDED_IN),
+            marker=collection_marker(collection),
             pk_type=self._pk_type,
             pk=self._pk,
             version=self._version,
-            contains=self._contains,
+            pending=pending_condition(collection),
         )
         with self.conn.transaction():
             cursor = self.conn.execute(
                 query,
                 {
-                    "marker": self._marker(collection),
                     "keys": [row.key for row in rows],
                     "versions": [row.version for row in rows],
                 },
@@ -153,7 +150,21 @@ class SourceTable:
 
     def counts(self, collection: str) -> TableCounts:
         query = sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE {contains}) FROM {relation} AS t"
-        ).format(contains=self._contains, relation=self._relation)
-        total, embedded = self.conn.execute(query, {"marker": self._marker(collection)}).fetchone()
+            "SELECT count(*), count(*) FILTER (WHERE NOT {pending}) FROM {relation}"
+        ).format(pending=pending_condition(collection), relation=self._relation)
+        total, embedded = self.conn.execute(query).fetchone()
         return TableCounts(total=total, embedded=embedded)
+
+    def pending_count(self, collection: str) -> int:
+        """Rows pending for `collection`; served by the partial index init-db creates."""
+        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
+            self._relation, pending_condition(collection)
+        )
+        return self.conn.execute(query).fetchone()[0]
+
+    def has_pending(self, collection: str) -> bool:
+        """Whether any row is pending; with the partial index this reads one index page."""
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+            self._relation, pending_condition(collection)
+        )
+        return self.conn.execute(query).fetchone()[0]

@@ -128,7 +128,7 @@ def project(tmp_path: Path, schema: str, conn: psycopg.Connection, doc_rows: int
     """A set-up project: `doc` table with `doc_rows` rows, init-db applied."""
     create_doc_table(conn, schema, doc_rows)
     config = load_config(write_config(tmp_path / "config", schema))
-    setup_database(conn, config.tables)
+    setup_database(conn, config)
     return config
 
 

@@ -27,7 +27,7 @@ def test_setup_adds_column_trigger_and_session_table_idempotently(conn, schema, 
         sql.SQL("SELECT id, title, body FROM {} ORDER BY id").format(sql.Identifier(schema, "doc"))
     ).fetchall()
 
-    first = setup_database(conn, config.tables)
+    first = setup_database(conn, config)
     assert f"added embedded_in to {schema}.doc" in first
     assert f"created {schema}.embedding_session" in first
     column = table_columns(conn, schema, "doc")["embedded_in"]
@@ -36,7 +36,7 @@ def test_setup_adds_column_trigger_and_session_table_idempotently(conn, schema, 
 
     doc = sql.Identifier(schema, "doc")
     conn.execute(sql.SQL("""UPDATE {} SET embedded_in = '["c1"]'""").format(doc))
-    second = setup_database(conn, config.tables)
+    second = setup_database(conn, config)
     assert not any(line.startswith("added") or line.startswith("created") for line in second)
     # Running setup again kept the markers and the data.
     assert all(m == ["c1"] for m in markers(conn, schema).values())
@@ -67,7 +67,7 @@ def test_trigger_resets_on_text_change_from_any_writer(conn, schema, tmp_path, d
 
     create_doc_table(conn, schema, 4)
     config = load_config(write_config(tmp_path / "c", schema))
-    setup_database(conn, config.tables)
+    setup_database(conn, config)
     doc = sql.Identifier(schema, "doc")
     conn.execute(sql.SQL("""UPDATE {} SET embedded_in = '["c1", "c2"]'""").format(doc))
 
@@ -90,7 +90,7 @@ def test_existing_embedded_in_of_another_type_is_not_rewritten(conn, schema, tmp
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN embedded_in text DEFAULT 'keep'").format(doc))
     config = load_config(write_config(tmp_path / "c", schema))
     with pytest.raises(SetupError, match="embedded_in is text, not jsonb"):
-        setup_database(conn, config.tables)
+        setup_database(conn, config)
     values = conn.execute(sql.SQL("SELECT embedded_in FROM {}").format(doc)).fetchall()
     assert values == [("keep",), ("keep",)]
 
@@ -98,7 +98,7 @@ def test_existing_embedded_in_of_another_type_is_not_rewritten(conn, schema, tmp
 def test_missing_table_and_column_are_clear_errors(conn, schema, tmp_path):
     config = load_config(write_config(tmp_path / "c", schema))
     with pytest.raises(SetupError, match=f"tables.doc: table {schema}.doc does not exist"):
-        setup_database(conn, config.tables)
+        setup_database(conn, config)
 
     conn.execute(
         sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, title text)").format(
@@ -106,4 +106,4 @@ def test_missing_table_and_column_are_clear_errors(conn, schema, tmp_path):
         )
     )
     with pytest.raises(SetupError, match=r"tables.doc.text_template: .* has no column 'body'"):
-        setup_database(conn, config.tables)
+        setup_database(conn, config)

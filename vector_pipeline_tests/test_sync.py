@@ -318,7 +318,7 @@ def test_local_model_sync_records_cuts_and_finds_by_meaning(conn, schema, tmp_pa
             """,
         )
     )
-    setup_database(conn, config.tables)
+    setup_database(conn, config)
     result = run_sync(config, conn, qdrant)
     assert (result.embedded, result.truncated, result.truncated_ids) == (4, 1, [4])
     points = {p.payload["meta_data"]["row_id"]: p for p in all_points(qdrant, result.collection)}

@@ -1,5 +1,7 @@
 """The table asset factory: one asset per configured table, one partition per embedding model."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
@@ -8,7 +10,13 @@ from vector_pipeline.orchestration.resources import (
     PostgresResource,
     QdrantResource,
 )
+from vector_pipeline.orchestration.session_write_back import session_write_back
 from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_table
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition as AssetJob,
+    )
 
 GROUP = "vector_sync"
 
@@ -54,8 +62,10 @@ def table_asset(
         qdrant: QdrantResource,
         embeddings: EmbeddingsResource,
     ) -> dg.MaterializeResult:
-        # The embedder first: a missing API key fails before any row is read.
+        # The embedder before any row is read, so a missing API key fails first; the Qdrant
+        # client last, since in local mode it may wait for another run to release the folder.
         with (
+            session_write_back(context, postgres, embeddings.project) as on_batch,
             embeddings.embedder(context.partition_key) as embedder,
             postgres.connect() as conn,
             qdrant.client() as client,
@@ -67,6 +77,7 @@ def table_asset(
                 table=table,
                 schema=schema,
                 batch_size=config.batch_size,
+                on_batch=on_batch,
                 log=context.log,
             )
         return dg.MaterializeResult(
@@ -89,3 +100,14 @@ def table_asset(
 def table_assets(config: ProjectConfig) -> list[dg.AssetsDefinition]:
     partitions = model_partitions(config)
     return [table_asset(config, table, partitions) for table in config.tables.tables]
+
+
+def sync_job(config: ProjectConfig) -> "AssetJob":
+    """The job sessions, the schedule and the pending-rows sensor launch: a subset of the
+    table assets, for one model partition."""
+    return dg.define_asset_job(
+        "embedding_sync",
+        selection=dg.AssetSelection.groups(GROUP),
+        partitions_def=model_partitions(config),
+        description="Incremental sync of the selected tables into one model's collection.",
+    )

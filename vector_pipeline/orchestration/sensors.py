@@ -1,0 +1,172 @@
+"""Sensors: launch a run per requested session, write session outcomes back, and launch a sync
+when rows are pending."""
+
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from vector_pipeline.config import ProjectConfig, collection_name_for
+from vector_pipeline.orchestration.resources import PostgresResource
+from vector_pipeline.orchestration.session_write_back import SESSION_TAG
+from vector_pipeline.sessions import SessionRequestError, SessionStore, redact, resolve_request
+from vector_pipeline.source import SourceTable
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition as AssetJob,
+    )
+
+# Sessions launched per tick at most; the rest wait for the next tick.
+SESSIONS_PER_TICK = 50
+ACTIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _status(enabled: bool) -> dg.DefaultSensorStatus:
+    return dg.DefaultSensorStatus.RUNNING if enabled else dg.DefaultSensorStatus.STOPPED
+
+
+def session_launcher(project: ProjectConfig, job: "AssetJob"):
+    @dg.sensor(
+        name="embedding_sessions",
+        job=job,
+        minimum_interval_seconds=project.orchestration.sensors.sessions_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches one run per PENDING row of embedding_session.",
+    )
+    def embedding_sessions(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+        # Every PENDING session is looked at on every tick (an indexed, cheap query) rather than
+        # those after a cursor: ids are allocated before commit, so a cursor could step over a
+        # session whose insert commits late. The run key (the session id) makes a re-request of
+        # an already launched session a no-op, across daemon restarts too.
+        requests = []
+        with postgres.connect() as conn:
+            store = SessionStore(conn, project.tables.schema_)
+            for session in store.pending(limit=SESSIONS_PER_TICK):
+                try:
+                    model, tables = resolve_request(project, session)
+                except SessionRequestError as exc:
+                    store.fail(session.id, str(exc))
+                    context.log.warning(str(exc))
+                    continue
+                requests.append(
+                    dg.RunRequest(
+                        run_key=f"embedding_session_{session.id}",
+                        partition_key=model,
+                        asset_selection=[dg.AssetKey(table.name) for table in tables],
+                        tags={SESSION_TAG: str(session.id)},
+                    )
+                )
+        if not requests:
+            return dg.SkipReason("no PENDING sessions")
+        return dg.SensorResult(run_requests=requests)
+
+    return embedding_sessions
+
+
+def _session_of(context: dg.RunStatusSensorContext) -> int | None:
+    tag = context.dagster_run.tags.get(SESSION_TAG)
+    return int(tag) if tag else None
+
+
+def session_outcomes(project: ProjectConfig, job: "AssetJob") -> list[dg.SensorDefinition]:
+    """COMPLETED when a session's run succeeds; FAILED when it fails or is canceled, including
+    runs that die before their own steps can say so (a killed worker, a crashed process)."""
+    schema = project.tables.schema_
+    interval = project.orchestration.sensors.sessions_interval_seconds
+
+    @dg.run_status_sensor(
+        name="embedding_session_completed",
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[job],
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def completed(context: dg.RunStatusSensorContext, postgres: PostgresResource):
+        session_id = _session_of(context)
+        if session_id is None:
+            return dg.SkipReason("not a session run")
+        with postgres.connect() as conn:
+            SessionStore(conn, schema).complete(session_id)
+        return None
+
+    @dg.run_failure_sensor(
+        name="embedding_session_failed",
+        monitored_jobs=[job],
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def failed(context: dg.RunFailureSensorContext, postgres: PostgresResource):
+        session_id = _session_of(context)
+        if session_id is None:
+            return dg.SkipReason("not a session run")
+        reason = context.failure_event.message or "the run failed"
+        with postgres.connect() as conn:
+            # A step that failed has already written its own, more precise message; this only
+            # lands when nothing else did.
+            SessionStore(conn, schema).fail(
+                session_id,
+                redact(f"run {context.dagster_run.run_id}: {reason}", project),
+                context.dagster_run.run_id,
+            )
+        return None
+
+    @dg.run_status_sensor(
+        name="embedding_session_canceled",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        monitored_jobs=[job],
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def canceled(context: dg.RunStatusSensorContext, postgres: PostgresResource):
+        session_id = _session_of(context)
+        if session_id is None:
+            return dg.SkipReason("not a session run")
+        run_id = context.dagster_run.run_id
+        with postgres.connect() as conn:
+            SessionStore(conn, schema).fail(session_id, f"run {run_id} was canceled", run_id)
+        return None
+
+    return [completed, failed, canceled]
+
+
+def pending_rows_launcher(project: ProjectConfig, job: "AssetJob"):
+    sensors = project.orchestration.sensors
+
+    @dg.sensor(
+        name="pending_rows",
+        job=job,
+        minimum_interval_seconds=sensors.pending_rows_interval_seconds,
+        default_status=_status(sensors.pending_rows_enabled),
+        description="Launches a sync of the default model when any table has pending rows.",
+    )
+    def pending_rows(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+        model_key, model = project.embeddings.model()
+        active = context.instance.get_run_records(
+            dg.RunsFilter(statuses=ACTIVE_RUN_STATUSES, tags={"dagster/partition": model_key}),
+            limit=1,
+        )
+        if active:
+            return dg.SkipReason(f"a sync of {model_key} is already queued or running")
+        with postgres.connect() as conn:
+            # One index probe per table (the partial index init-db creates per collection).
+            waiting = [
+                table
+                for table in project.tables.tables
+                if SourceTable(conn, project.tables.schema_for(table), table).has_pending(
+                    collection_name_for(table.collection_base, model.id)
+                )
+            ]
+        if not waiting:
+            return dg.SkipReason(f"nothing pending for {model_key}")
+        return dg.RunRequest(
+            partition_key=model_key,
+            asset_selection=[dg.AssetKey(table.name) for table in waiting],
+            tags={"vector_pipeline/trigger": "pending_rows"},
+        )
+
+    return pending_rows
