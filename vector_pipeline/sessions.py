@@ -109,7 +109,9 @@ class SessionStore:
         """Count `rows` more as processed, atomically; progress stays below 100 until the end."""
         self._execute(
             "UPDATE {table} SET processed_items = processed_items + %s, "
-            "progress = LEAST(99, ((processed_items + %s) * 100) / GREATEST(total_items, 1)) "
+            # bigint: processed_items * 100 overflows integer past ~21.5 million rows.
+            "progress = LEAST(99, ((processed_items + %s)::bigint * 100) "
+            "/ GREATEST(total_items, 1)) "
             "WHERE id = %s AND status = 'PROCESSING'",
             (rows, rows, session_id),
         )

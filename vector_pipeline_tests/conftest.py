@@ -135,3 +135,17 @@ def project(tmp_path: Path, schema: str, conn: psycopg.Connection, doc_rows: int
 @pytest.fixture
 def qdrant_path(tmp_path: Path) -> str:
     return str(tmp_path / "qdrant")
+
+
+@pytest.fixture(scope="session")
+def dagster_storage_url(database_url: str) -> Iterator[str]:
+    """A throwaway database for a Dagster instance on PostgreSQL, as dagster.yaml configures."""
+    from sqlalchemy.engine import make_url
+
+    name = f"vp_dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(database_url).set(drivername="postgresql+psycopg2", database=name)
+    yield url.render_as_string(hide_password=False)
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -64,9 +64,13 @@ def test_materializing_one_partition_syncs_that_model(project, database_url, qdr
     assert untouched == 0
 
 
-def test_the_shipped_workspace_loads_in_dagster():
-    """What `dagster dev` loads: workspace.yaml -> vector_pipeline.definitions, real config."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VECTOR_PIPELINE")}
+def test_the_shipped_workspace_loads_in_dagster(dagster_storage_url):
+    """What `dagster dev` loads from the repository root: dagster.yaml (instance on PostgreSQL)
+    and workspace.yaml -> vector_pipeline.definitions with the shipped config."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VECTOR_PIPELINE", "DAGSTER"))},
+        "DAGSTER_PG_URL": dagster_storage_url,
+    }
     completed = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
         cwd=REPO_ROOT,

@@ -108,6 +108,5 @@ def sync_job(config: ProjectConfig) -> "AssetJob":
     return dg.define_asset_job(
         "embedding_sync",
         selection=dg.AssetSelection.groups(GROUP),
-        partitions_def=model_partitions(config),
         description="Incremental sync of the selected tables into one model's collection.",
     )

@@ -8,7 +8,13 @@ import dagster as dg
 from vector_pipeline.config import ProjectConfig, collection_name_for
 from vector_pipeline.orchestration.resources import PostgresResource
 from vector_pipeline.orchestration.session_write_back import SESSION_TAG
-from vector_pipeline.sessions import SessionRequestError, SessionStore, redact, resolve_request
+from vector_pipeline.sessions import (
+    Session,
+    SessionRequestError,
+    SessionStore,
+    redact,
+    resolve_request,
+)
 from vector_pipeline.source import SourceTable
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
@@ -19,6 +25,7 @@ if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the 
 # Sessions launched per tick at most; the rest wait for the next tick.
 SESSIONS_PER_TICK = 50
 ACTIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.CANCELING,
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
@@ -46,7 +53,7 @@ def session_launcher(project: ProjectConfig, job: "AssetJob"):
         requests = []
         with postgres.connect() as conn:
             store = SessionStore(conn, project.tables.schema_)
-            for session in store.pending(limit=SESSIONS_PER_TICK):
+            for session in _unlaunched_pending(context.instance, store):
                 try:
                     model, tables = resolve_request(project, session)
                 except SessionRequestError as exc:
@@ -66,6 +73,29 @@ def session_launcher(project: ProjectConfig, job: "AssetJob"):
         return dg.SensorResult(run_requests=requests)
 
     return embedding_sessions
+
+
+def _unlaunched_pending(instance: dg.DagsterInstance, store: SessionStore) -> list[Session]:
+    """Up to SESSIONS_PER_TICK PENDING sessions that have no run yet, oldest first.
+
+    A launched session stays PENDING while its run waits in the queue; skipping those here keeps
+    a long queue from hiding newer sessions behind the page limit.
+    """
+    found: list[Session] = []
+    after = 0
+    while len(found) < SESSIONS_PER_TICK:
+        page = store.pending(after_id=after, limit=SESSIONS_PER_TICK * 2)
+        if not page:
+            break
+        launched = {
+            record.dagster_run.tags[SESSION_TAG]
+            for record in instance.get_run_records(
+                dg.RunsFilter(tags={SESSION_TAG: [str(session.id) for session in page]})
+            )
+        }
+        found.extend(session for session in page if str(session.id) not in launched)
+        after = page[-1].id
+    return found[:SESSIONS_PER_TICK]
 
 
 def _session_of(context: dg.RunStatusSensorContext) -> int | None:
