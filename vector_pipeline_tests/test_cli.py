@@ -119,3 +119,31 @@ def test_unknown_table_and_model_are_named(cli, tmp_path, schema, conn):
     assert "unknown table 'nope'; tables.yaml defines: doc" in result.output
     result = cli(config, "sync", "--model", "nope")
     assert "unknown model 'nope'; embeddings.yaml defines: det_a, det_b" in result.output
+
+
+def test_session_create_and_watch(cli, project, conn):
+    from vector_pipeline.sessions import SessionStore
+
+    created = cli(project.config_dir, "session", "create", "--model", "det_b", "--table", "doc")
+    assert created.exit_code == 0, created.output
+    session_id = int(created.output.strip())
+    store = SessionStore(conn, project.tables.schema_)
+    session = store.get(session_id)
+    assert (session.status, session.model, session.tables) == ("PENDING", "det_b", ["doc"])
+
+    store.start(session_id, "run-1", 10)
+    store.add_progress(session_id, 10)
+    store.complete(session_id)
+    watched = cli(project.config_dir, "session", "watch", str(session_id))
+    assert watched.exit_code == 0, watched.output
+    assert f"session {session_id} COMPLETED: 10 of 10 rows processed (run run-1)" in watched.output
+
+    failing = store.create()
+    store.fail(failing, "doc: EmbeddingError: the provider said no")
+    watched = cli(project.config_dir, "session", "watch", str(failing))
+    assert watched.exit_code == 1
+    assert "FAILED: doc: EmbeddingError: the provider said no" in watched.output
+
+    unknown = cli(project.config_dir, "session", "create", "--table", "ghost")
+    assert unknown.exit_code == 1
+    assert "unknown table 'ghost'" in unknown.output
