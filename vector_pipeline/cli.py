@@ -35,7 +35,7 @@ from vector_pipeline.embedders import EmbeddingError, build_embedder
 from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, BatchReport, sync_table
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, BatchReport, sync_configured_table
 from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
@@ -141,9 +141,8 @@ def sync(state: _State, model: str | None, tables: tuple[str, ...], batch_size: 
     try:
         with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
             for table in selected:
-                schema = config.tables.schema_for(table)
                 collection = collection_name_for(table.collection_base, model_config.id)
-                pending = SourceTable(conn, schema, table).counts(collection).pending
+                pending = SourceTable.for_config(conn, config, table).counts(collection).pending
                 with tqdm(
                     total=pending, desc=f"{table.name} -> {key}", unit="row", file=sys.stderr
                 ) as bar:
@@ -151,12 +150,12 @@ def sync(state: _State, model: str | None, tables: tuple[str, ...], batch_size: 
                     def advance(report: BatchReport, bar: tqdm = bar) -> None:
                         bar.update(report.rows)
 
-                    result = sync_table(
+                    result = sync_configured_table(
                         conn=conn,
                         qdrant=qdrant,
                         embedder=embedder,
+                        project=config,
                         table=table,
-                        schema=schema,
                         batch_size=batch_size,
                         on_batch=advance,
                         log=_QuietLog(),
@@ -187,20 +186,41 @@ class _QuietLog:
 @pass_state
 @_fail_cleanly
 def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
-    """Per table and model: total, embedded and pending rows."""
+    """Per table and model: total, embedded, pending and skipped rows."""
     with _database() as conn:
         rows = sync_status(conn, state.config, models=list(models) or None)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
         return
-    header = ("table", "model", "collection", "total", "embedded", "pending")
+    header = ("table", "model", "collection", "total", "embedded", "pending", "skipped")
     lines = [header] + [
-        (r.table, r.model, r.collection, str(r.total), str(r.embedded), str(r.pending))
+        (r.table, r.model, r.collection, *map(str, (r.total, r.embedded, r.pending, r.skipped)))
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+@main.command()
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
+@click.option("--model", help="Only this model's collection.")
+@pass_state
+@_fail_cleanly
+def skipped(state: _State, tables: tuple[str, ...], model: str | None) -> None:
+    """Rows a sync skipped, with why; each is retried once its text changes."""
+    config = state.config
+    selected = [config.tables.table(name) for name in tables] or list(config.tables.tables)
+    with _database() as conn:
+        for table in selected:
+            collection = None
+            if model:
+                _, model_config = config.embeddings.model(model)
+                collection = collection_name_for(table.collection_base, model_config.id)
+            for where, key, reason, when in SourceTable.for_config(
+                conn, config, table
+            ).skipped_rows(collection):
+                click.echo(f"{table.name}\t{key}\t{where}\t{when:%Y-%m-%d %H:%M:%S}\t{reason}")
 
 
 @main.command()

@@ -355,6 +355,15 @@ class ProjectConfig(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     config_dir: Path
 
+    def collections_for(self, table: TableConfig) -> list[str]:
+        """Every collection the configured models give `table`, each once."""
+        return sorted(
+            {
+                collection_name_for(table.collection_base, model.id)
+                for model in self.embeddings.models.values()
+            }
+        )
+
 
 def default_config_dir() -> Path:
     """`$VECTOR_PIPELINE_CONFIG_DIR`, else `./config` (Dagster and the CLI run from the repo)."""

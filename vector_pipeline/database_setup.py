@@ -19,6 +19,12 @@ EMBEDDED_IN = "embedded_in"
 RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
 RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
 SESSION_TABLE = "embedding_session"
+TOMBSTONE_TABLE = "vector_pipeline_tombstone"
+SKIP_TABLE = "vector_pipeline_skip"
+DELETE_FUNCTION = "vector_pipeline_record_delete"
+DELETE_TRIGGER = "vector_pipeline_record_delete"
+TRUNCATE_FUNCTION = "vector_pipeline_record_truncate"
+TRUNCATE_TRIGGER = "vector_pipeline_record_truncate"
 
 
 def collection_marker(collection: str) -> sql.Composable:
@@ -117,6 +123,13 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
             )
         if _ensure_session_table(conn, tables.schema_):
             done.append(f"created {tables.schema_}.{SESSION_TABLE}")
+        if _ensure_state_tables(conn, tables.schema_):
+            done.append(f"created {tables.schema_}.{TOMBSTONE_TABLE} and {SKIP_TABLE}")
+        for table in tables.tables:
+            _ensure_delete_triggers(conn, tables.schema_for(table), tables.schema_, table)
+            done.append(
+                f"triggers on {tables.schema_for(table)}.{table.table} record DELETE and TRUNCATE"
+            )
     for table in tables.tables:
         for model in config.embeddings.models.values():
             collection = collection_name_for(table.collection_base, model.id)
@@ -251,3 +264,80 @@ def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
         )
     )
     return not exists
+
+
+def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
+    """The tombstones the sync drains (deletes) and the rows it skipped (with why)."""
+    exists = bool(table_columns(conn, schema, TOMBSTONE_TABLE))
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE TABLE IF NOT EXISTS {tombstones} (
+                id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                table_name  text NOT NULL,
+                row_key     jsonb,                          -- NULL for a TRUNCATE
+                truncated   boolean NOT NULL DEFAULT false,
+                cleaned     jsonb NOT NULL DEFAULT '[]',    -- collections already cleaned
+                deleted_at  timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE INDEX IF NOT EXISTS {tombstone_index} ON {tombstones} (table_name, id);
+            CREATE TABLE IF NOT EXISTS {skips} (
+                table_name  text NOT NULL,
+                collection  text NOT NULL,
+                row_key     text NOT NULL,
+                version     text NOT NULL,                  -- the text it was skipped for
+                reason      text NOT NULL,
+                skipped_at  timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (table_name, collection, row_key)
+            );
+            """
+        ).format(
+            tombstones=sql.Identifier(schema, TOMBSTONE_TABLE),
+            tombstone_index=sql.Identifier(f"{TOMBSTONE_TABLE}_table_idx"),
+            skips=sql.Identifier(schema, SKIP_TABLE),
+        )
+    )
+    return not exists
+
+
+def _ensure_delete_triggers(
+    conn: psycopg.Connection, schema: str, state_schema: str, table: TableConfig
+) -> None:
+    # Statement-level with a transition table: a bulk DELETE writes its tombstones in one
+    # INSERT ... SELECT instead of one trigger call per row. TG_ARGV carries the asset name
+    # and the key column, so one function serves every table.
+    tombstones = sql.Identifier(state_schema, TOMBSTONE_TABLE)
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE OR REPLACE FUNCTION {delete_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {tombstones} (table_name, row_key)
+                SELECT TG_ARGV[0], to_jsonb(gone) -> TG_ARGV[1] FROM gone;
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {tombstones} (table_name, truncated) VALUES (TG_ARGV[0], true);
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE TRIGGER {delete_trigger}
+            AFTER DELETE ON {relation} REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION {delete_function}({name}, {key});
+            CREATE OR REPLACE TRIGGER {truncate_trigger}
+            AFTER TRUNCATE ON {relation}
+            FOR EACH STATEMENT EXECUTE FUNCTION {truncate_function}({name});
+            """
+        ).format(
+            delete_function=sql.Identifier(state_schema, DELETE_FUNCTION),
+            truncate_function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
+            tombstones=tombstones,
+            delete_trigger=sql.Identifier(DELETE_TRIGGER),
+            truncate_trigger=sql.Identifier(TRUNCATE_TRIGGER),
+            relation=sql.Identifier(schema, table.table),
+            name=sql.Literal(table.name),
+            key=sql.Literal(table.primary_key),
+        )
+    )

@@ -160,7 +160,7 @@ def pending_total(
     """Rows pending across `tables` for `model`: the session's `total_items`."""
     model_id = config.embeddings.models[model].id
     return sum(
-        SourceTable(conn, config.tables.schema_for(table), table).pending_count(
+        SourceTable.for_config(conn, config, table).pending_count(
             collection_name_for(table.collection_base, model_id)
         )
         for table in tables

@@ -17,12 +17,15 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from vector_pipeline.config import TableConfig
+from vector_pipeline.config import ProjectConfig, TableConfig
 from vector_pipeline.database_setup import (
     EMBEDDED_IN,
+    SKIP_TABLE,
+    SetupError,
     check_table,
     collection_marker,
     pending_condition,
+    table_columns,
 )
 
 VERSION = "__vector_pipeline_version"
@@ -39,10 +42,12 @@ class SourceRow:
 class TableCounts:
     total: int
     embedded: int
+    skipped: int = 0
 
     @property
     def pending(self) -> int:
-        return self.total - self.embedded
+        """Rows a sync would still embed (skipped rows wait for their text to change)."""
+        return self.total - self.embedded - self.skipped
 
 
 def connect(database_url: str) -> psycopg.Connection:
@@ -53,14 +58,23 @@ def connect(database_url: str) -> psycopg.Connection:
 class SourceTable:
     """One configured table, bound to an autocommit connection (see `connect`)."""
 
-    def __init__(self, conn: psycopg.Connection, schema: str, table: TableConfig) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        schema: str,
+        table: TableConfig,
+        state_schema: str | None = None,
+    ) -> None:
         self.conn = conn
         self.schema = schema
         self.config = table
+        state = state_schema or schema
+        self._skips = sql.Identifier(state, SKIP_TABLE)
         columns = check_table(conn, schema, table)
-        if EMBEDDED_IN not in columns:
-            raise RuntimeError(
-                f"{schema}.{table.table} has no {EMBEDDED_IN} column; run `vector-pipeline init-db`"
+        if EMBEDDED_IN not in columns or not table_columns(conn, state, SKIP_TABLE):
+            raise SetupError(
+                f"{schema}.{table.table} is not set up for syncing (no {EMBEDDED_IN} column or "
+                f"no {state}.{SKIP_TABLE}); run `vector-pipeline init-db`"
             )
         self._relation = sql.Identifier(schema, table.table)
         self._pk = sql.Identifier(table.primary_key)
@@ -71,6 +85,31 @@ class SourceTable:
             sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.text_columns
         )
         self._version = sql.SQL("md5(ROW({})::text)").format(text_columns)
+
+    @classmethod
+    def for_config(
+        cls, conn: psycopg.Connection, config: ProjectConfig, table: TableConfig
+    ) -> SourceTable:
+        return cls(conn, config.tables.schema_for(table), table, config.tables.schema_)
+
+    def _waiting(self, collection: str) -> sql.Composable:
+        """Pending for `collection`, and not skipped for the text it has now (alias `t`).
+
+        A skipped row is not retried on every sync; once its text changes, its version no
+        longer matches the skip and it is tried again.
+        """
+        return sql.SQL(
+            "{pending} AND NOT EXISTS (SELECT 1 FROM {skips} AS s WHERE s.table_name = {name} "
+            "AND s.collection = {collection} AND s.row_key = t.{pk}::text "
+            "AND s.version = {version})"
+        ).format(
+            pending=pending_condition(collection),
+            skips=self._skips,
+            name=sql.Literal(self.config.name),
+            collection=sql.Literal(collection),
+            pk=self._pk,
+            version=self._version,
+        )
 
     def pending_batches(self, collection: str, batch_size: int) -> Iterator[list[SourceRow]]:
         """Pending rows in key order, `batch_size` at a time, each read in its own transaction."""
@@ -87,7 +126,7 @@ class SourceTable:
             "version": self._version,
             "version_name": sql.Identifier(VERSION),
             "relation": self._relation,
-            "pending": pending_condition(collection),
+            "pending": self._waiting(collection),
             "pk": self._pk,
         }
         params: dict[str, Any] = {"limit": batch_size}
@@ -146,25 +185,75 @@ class SourceTable:
                     "versions": [row.version for row in rows],
                 },
             )
+            # Rows skipped before that now have a point are skipped no more.
+            self.conn.execute(
+                sql.SQL(
+                    "DELETE FROM {} WHERE table_name = %s AND collection = %s "
+                    "AND row_key = ANY(%s::text[])"
+                ).format(self._skips),
+                (self.config.name, collection, [str(row.key) for row in rows]),
+            )
         return cursor.rowcount
 
     def counts(self, collection: str) -> TableCounts:
         query = sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE NOT {pending}) FROM {relation}"
-        ).format(pending=pending_condition(collection), relation=self._relation)
-        total, embedded = self.conn.execute(query).fetchone()
-        return TableCounts(total=total, embedded=embedded)
+            "SELECT count(*), count(*) FILTER (WHERE NOT {pending}), "
+            "count(*) FILTER (WHERE {pending} AND NOT ({waiting})) FROM {relation} AS t"
+        ).format(
+            pending=pending_condition(collection),
+            waiting=self._waiting(collection),
+            relation=self._relation,
+        )
+        total, embedded, skipped = self.conn.execute(query).fetchone()
+        return TableCounts(total=total, embedded=embedded, skipped=skipped)
 
     def pending_count(self, collection: str) -> int:
-        """Rows pending for `collection`; served by the partial index init-db creates."""
-        query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(
-            self._relation, pending_condition(collection)
+        """Rows waiting for `collection`; served by the partial index init-db creates."""
+        query = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(
+            self._relation, self._waiting(collection)
         )
         return self.conn.execute(query).fetchone()[0]
 
     def has_pending(self, collection: str) -> bool:
-        """Whether any row is pending; with the partial index this reads one index page."""
-        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-            self._relation, pending_condition(collection)
+        """Whether any row is waiting; with the partial index this reads one index page."""
+        query = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} AS t WHERE {})").format(
+            self._relation, self._waiting(collection)
         )
         return self.conn.execute(query).fetchone()[0]
+
+    def record_skips(self, collection: str, skipped: Sequence[tuple[SourceRow, str]]) -> None:
+        """Remember rows that cannot be embedded as they are, with why, until their text changes."""
+        if not skipped:
+            return
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                sql.SQL(
+                    "INSERT INTO {} (table_name, collection, row_key, version, reason) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (table_name, collection, row_key) "
+                    "DO UPDATE SET version = EXCLUDED.version, reason = EXCLUDED.reason, "
+                    "skipped_at = now()"
+                ).format(self._skips),
+                [
+                    (self.config.name, collection, str(row.key), row.version, reason)
+                    for row, reason in skipped
+                ],
+            )
+
+    def skipped_rows(self, collection: str | None = None) -> list[tuple[str, str, str, Any]]:
+        """(collection, row key, reason, when) of the table's skipped rows."""
+        query = sql.SQL(
+            "SELECT collection, row_key, reason, skipped_at FROM {} WHERE table_name = %s "
+            "AND (%s::text IS NULL OR collection = %s) ORDER BY collection, row_key"
+        ).format(self._skips)
+        return self.conn.execute(query, (self.config.name, collection, collection)).fetchall()
+
+    def existing_keys(self, keys: Sequence[Any]) -> set[Any]:
+        """Which of `keys` are rows of the table now (keys as Python values: int, str)."""
+        if not keys:
+            return set()
+        query = sql.SQL("SELECT {pk} FROM {relation} WHERE {pk} = ANY(%s::{pk_type}[])").format(
+            pk=self._pk, relation=self._relation, pk_type=self._pk_type
+        )
+        # Compared as text: a uuid key arrives from JSON as a string, the row's as a UUID.
+        found = {str(row[0]) for row in self.conn.execute(query, (list(keys),))}
+        return {key for key in keys if str(key) in found}

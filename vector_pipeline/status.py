@@ -18,6 +18,7 @@ class TableStatus:
     total: int
     embedded: int
     pending: int
+    skipped: int
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -39,7 +40,7 @@ def sync_status(
     for table_config in config.tables.tables:
         if tables and table_config.name not in tables:
             continue
-        source = SourceTable(conn, config.tables.schema_for(table_config), table_config)
+        source = SourceTable.for_config(conn, config, table_config)
         for key in model_keys:
             _, model = embeddings.model(key)
             collection = collection_name_for(table_config.collection_base, model.id)
@@ -52,6 +53,7 @@ def sync_status(
                     total=counts.total,
                     embedded=counts.embedded,
                     pending=counts.pending,
+                    skipped=counts.skipped,
                 )
             )
     return statuses

@@ -14,7 +14,7 @@ import decimal
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import psycopg
 from qdrant_client import QdrantClient
 
-from vector_pipeline.config import TableConfig, collection_name_for
+from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
+from vector_pipeline.deletes import collection_lock, drain_tombstones
 from vector_pipeline.embedders import Embedder
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import Bm25
@@ -35,6 +36,7 @@ from vector_pipeline.vector_store import (
 )
 
 DEFAULT_BATCH_SIZE = 256
+NO_TEXT = "no text: every column of the text template is NULL or blank"
 # Row ids kept for the summary; the counts are exact, the lists are samples for the log.
 SAMPLE_IDS = 20
 
@@ -69,6 +71,7 @@ class SyncResult:
     seconds: float = 0.0
     pending_after: int = 0
     total_rows: int = 0
+    deleted: int = 0
     created_collection: bool = False
     skipped_ids: list[Any] = field(default_factory=list)
     truncated_ids: list[Any] = field(default_factory=list)
@@ -147,6 +150,7 @@ def sync_batch(
     table = source.config
     wanted = [row for row in rows if _has_text(table, row)]
     skipped = [row for row in rows if not _has_text(table, row)]
+    source.record_skips(collection, [(row, NO_TEXT) for row in skipped])
     texts = [table.render_text(row.values) for row in wanted]
 
     truncated: tuple[int, ...] = ()
@@ -196,18 +200,48 @@ def sync_table(
     embedder: Embedder,
     table: TableConfig,
     schema: str,
+    state_schema: str | None = None,
+    collections: Sequence[str] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[BatchReport], None] | None = None,
     log: Logger | None = None,
 ) -> SyncResult:
-    """Sync every pending row of `table` into the model's collection; see the module docstring."""
+    """Sync every pending row of `table` into the model's collection; see the module docstring.
+
+    `state_schema` holds the pipeline's own tables (default: `schema`); `collections` are the
+    table's other collections, which the drain of deleted rows also cleans.
+    """
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
     collection = collection_name_for(table.collection_base, embedder.model_id)
-    source = SourceTable(conn, schema, table)
+    state_schema = state_schema or schema
+    source = SourceTable(conn, schema, table, state_schema)
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
+    with collection_lock(conn, schema, table, collection, log):
+        result.deleted = drain_tombstones(source, qdrant, state_schema, collection, collections)
+        if result.deleted:
+            log.info(f"{table.name}: removed the points of {result.deleted} deleted rows")
+        _sync_pending(source, qdrant, embedder, collection, batch_size, on_batch, log, result)
 
+    counts = source.counts(collection)
+    result.pending_after, result.total_rows = counts.pending, counts.total
+    result.seconds = time.perf_counter() - started
+    _summarise(result, embedder, log)
+    return result
+
+
+def _sync_pending(
+    source: SourceTable,
+    qdrant: QdrantClient,
+    embedder: Embedder,
+    collection: str,
+    batch_size: int,
+    on_batch: Callable[[BatchReport], None] | None,
+    log: Logger,
+    result: SyncResult,
+) -> None:
+    table = source.config
     for rows in source.pending_batches(collection, batch_size):
         report = sync_batch(
             rows,
@@ -233,13 +267,12 @@ def sync_table(
         if on_batch is not None:
             on_batch(report)
 
-    counts = source.counts(collection)
-    result.pending_after, result.total_rows = counts.pending, counts.total
-    result.seconds = time.perf_counter() - started
+
+def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:
     if result.skipped:
         log.warning(
             "%s: %d rows have no text and were skipped (ids, first %d: %s)",
-            table.name,
+            result.table,
             result.skipped,
             SAMPLE_IDS,
             result.skipped_ids,
@@ -247,7 +280,7 @@ def sync_table(
     if result.truncated:
         log.warning(
             "%s: %d texts exceeded %s's input limit and were cut (ids, first %d: %s)",
-            table.name,
+            result.table,
             result.truncated,
             embedder.model_id,
             SAMPLE_IDS,
@@ -256,17 +289,42 @@ def sync_table(
     if result.left_pending:
         log.info(
             "%s: %d rows changed while they were embedded; they stay pending for the next sync",
-            table.name,
+            result.table,
             result.left_pending,
         )
     log.info(
         "%s -> %s: embedded %d rows in %.1f s (%d skipped, %d still pending of %d)",
-        table.name,
-        collection,
+        result.table,
+        result.collection,
         result.embedded,
         result.seconds,
         result.skipped,
         result.pending_after,
         result.total_rows,
     )
-    return result
+
+
+def sync_configured_table(
+    *,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    embedder: Embedder,
+    project: ProjectConfig,
+    table: TableConfig,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[BatchReport], None] | None = None,
+    log: Logger | None = None,
+) -> SyncResult:
+    """`sync_table` with the schemas and the table's other collections taken from config."""
+    return sync_table(
+        conn=conn,
+        qdrant=qdrant,
+        embedder=embedder,
+        table=table,
+        schema=project.tables.schema_for(table),
+        state_schema=project.tables.schema_,
+        collections=project.collections_for(table),
+        batch_size=batch_size,
+        on_batch=on_batch,
+        log=log,
+    )

@@ -57,6 +57,7 @@ def test_seed_sync_status_search(cli, demo_config):
         "total": 40,
         "embedded": 40,
         "pending": 0,
+        "skipped": 0,
     }
     assert (rows["hadith", "det_b"]["embedded"], rows["hadith", "det_b"]["pending"]) == (0, 30)
 
@@ -77,6 +78,7 @@ def test_seed_sync_status_search(cli, demo_config):
         "total",
         "embedded",
         "pending",
+        "skipped",
     ]
 
 

@@ -11,7 +11,7 @@ from vector_pipeline.orchestration.resources import (
     QdrantResource,
 )
 from vector_pipeline.orchestration.session_write_back import session_write_back
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_table
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -70,12 +70,12 @@ def table_asset(
             postgres.connect() as conn,
             qdrant.client() as client,
         ):
-            result = sync_table(
+            result = sync_configured_table(
                 conn=conn,
                 qdrant=client,
                 embedder=embedder,
+                project=embeddings.project,
                 table=table,
-                schema=schema,
                 batch_size=config.batch_size,
                 on_batch=on_batch,
                 log=context.log,

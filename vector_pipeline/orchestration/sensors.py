@@ -187,7 +187,7 @@ def pending_rows_launcher(project: ProjectConfig, job: "AssetJob"):
             waiting = [
                 table
                 for table in project.tables.tables
-                if SourceTable(conn, project.tables.schema_for(table), table).has_pending(
+                if SourceTable.for_config(conn, project, table).has_pending(
                     collection_name_for(table.collection_base, model.id)
                 )
             ]
