@@ -22,8 +22,9 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import TOMBSTONE_TABLE
+from vector_pipeline.failpoints import failpoint
 from vector_pipeline.source import SourceTable
-from vector_pipeline.vector_store import point_id
+from vector_pipeline.vector_store import delete_points, point_id
 
 PAGE = 1000
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ def _clean_collection(
                     _delete_gone(source, qdrant, collection, keys)
             else:
                 _delete_gone(source, qdrant, collection, [key for _, key, _ in page])
+        failpoint("after_tombstone_delete")
         # Recorded only after Qdrant applied the deletes: a crash in between redoes them.
         conn.execute(
             sql.SQL("UPDATE {} SET cleaned = cleaned || %s::jsonb WHERE id = ANY(%s)").format(
@@ -125,15 +127,8 @@ def _delete_gone(
     # overwritten) or already synced with its new text, so its point stays.
     present = source.existing_keys(keys)
     gone = [key for key in keys if key not in present]
-    if gone:
-        table = source.config
-        qdrant.delete(
-            collection,
-            points_selector=models.PointIdsList(
-                points=[point_id(table.data_type, key, collection) for key in gone]
-            ),
-            wait=True,
-        )
+    table = source.config
+    delete_points(qdrant, collection, [point_id(table.data_type, key, collection) for key in gone])
 
 
 def _point_row_ids(

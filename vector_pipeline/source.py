@@ -27,6 +27,7 @@ from vector_pipeline.database_setup import (
     pending_condition,
     table_columns,
 )
+from vector_pipeline.failpoints import failpoint
 
 VERSION = "__vector_pipeline_version"
 
@@ -185,6 +186,7 @@ class SourceTable:
                     "versions": [row.version for row in rows],
                 },
             )
+            failpoint("mark_before_commit")
             # Rows skipped before that now have a point are skipped no more.
             self.conn.execute(
                 sql.SQL(
@@ -238,6 +240,7 @@ class SourceTable:
                     for row, reason in skipped
                 ],
             )
+        failpoint("after_skip_record")
 
     def skipped_rows(self, collection: str | None = None) -> list[tuple[str, str, str, Any]]:
         """(collection, row key, reason, when) of the table's skipped rows."""

@@ -25,11 +25,13 @@ from qdrant_client import QdrantClient
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
 from vector_pipeline.deletes import collection_lock, drain_tombstones
 from vector_pipeline.embedders import Embedder
+from vector_pipeline.failpoints import failpoint
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import Bm25
 from vector_pipeline.vector_store import (
     PointData,
     content_hash,
+    delete_points,
     ensure_collection,
     point_id,
     upsert_points,
@@ -150,13 +152,20 @@ def sync_batch(
     table = source.config
     wanted = [row for row in rows if _has_text(table, row)]
     skipped = [row for row in rows if not _has_text(table, row)]
-    source.record_skips(collection, [(row, NO_TEXT) for row in skipped])
+    if skipped:
+        # A row whose text is gone must not stay findable by its old text.
+        delete_points(
+            qdrant, collection, [point_id(table.data_type, r.key, collection) for r in skipped]
+        )
+        source.record_skips(collection, [(row, NO_TEXT) for row in skipped])
     texts = [table.render_text(row.values) for row in wanted]
 
     truncated: tuple[int, ...] = ()
     tokens = 0
+    failpoint("after_read")
     if wanted:
         dense = embedder.embed_documents(texts)
+        failpoint("after_embed")
         sparse = bm25().embed_documents(texts)
         truncated, tokens = dense.truncated, dense.tokens
         cut = set(truncated)
@@ -175,7 +184,9 @@ def sync_batch(
                 )
             ],
         )
+    failpoint("after_upsert")
     marked = source.mark_embedded(collection, wanted)
+    failpoint("after_mark")
 
     for samples, found in (
         (result.skipped_ids, [row.key for row in skipped]),
@@ -218,12 +229,15 @@ def sync_table(
     source = SourceTable(conn, schema, table, state_schema)
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
+    failpoint("after_ensure_collection")
     with collection_lock(conn, schema, table, collection, log):
         result.deleted = drain_tombstones(source, qdrant, state_schema, collection, collections)
         if result.deleted:
             log.info(f"{table.name}: removed the points of {result.deleted} deleted rows")
+        failpoint("after_drain")
         _sync_pending(source, qdrant, embedder, collection, batch_size, on_batch, log, result)
 
+    failpoint("before_final_count")
     counts = source.counts(collection)
     result.pending_after, result.total_rows = counts.pending, counts.total
     result.seconds = time.perf_counter() - started

@@ -24,6 +24,7 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
+from vector_pipeline.failpoints import failpoint
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.sparse import SparseVector
 
@@ -151,27 +152,39 @@ class PointData:
     payload: dict[str, Any]
 
 
+# Points per upsert request: keeps a request of 1536-d vectors with long texts in payload well
+# under a server's request size limit.
+UPSERT_CHUNK = 128
+
+
 def upsert_points(client: QdrantClient, collection: str, points: Sequence[PointData]) -> None:
     """Write points and wait until Qdrant has applied them, so marking rows after is safe."""
-    if not points:
-        return
-    client.upsert(
-        collection,
-        points=[
-            models.PointStruct(
-                id=point.id,
-                vector={
-                    DENSE: list(point.dense),
-                    SPARSE: models.SparseVector(
-                        indices=point.sparse.indices, values=point.sparse.values
-                    ),
-                },
-                payload=point.payload,
-            )
-            for point in points
-        ],
-        wait=True,
-    )
+    for start in range(0, len(points), UPSERT_CHUNK):
+        if start:
+            failpoint("between_upsert_chunks")
+        client.upsert(
+            collection,
+            points=[
+                models.PointStruct(
+                    id=point.id,
+                    vector={
+                        DENSE: list(point.dense),
+                        SPARSE: models.SparseVector(
+                            indices=point.sparse.indices, values=point.sparse.values
+                        ),
+                    },
+                    payload=point.payload,
+                )
+                for point in points[start : start + UPSERT_CHUNK]
+            ],
+            wait=True,
+        )
+
+
+def delete_points(client: QdrantClient, collection: str, ids: Sequence[str]) -> None:
+    """Delete points by id and wait until Qdrant has applied it."""
+    if ids:
+        client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
 
 
 @dataclass(frozen=True)
