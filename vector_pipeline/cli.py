@@ -27,15 +27,19 @@ from vector_pipeline.config import (
     ConfigError,
     MissingSecretError,
     ProjectConfig,
+    TableConfig,
     collection_name_for,
     load_config,
 )
 from vector_pipeline.database_setup import SetupError, setup_database
-from vector_pipeline.embedders import EmbeddingError, build_embedder
+from vector_pipeline.deletes import collection_lock
+from vector_pipeline.embedders import Embedder, EmbeddingError, build_embedder
+from vector_pipeline.reconcile import reconcile
+from vector_pipeline.reconcile import repair as repair_collection
 from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, BatchReport, sync_configured_table
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
 from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
@@ -141,33 +145,89 @@ def sync(state: _State, model: str | None, tables: tuple[str, ...], batch_size: 
     try:
         with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
             for table in selected:
-                collection = collection_name_for(table.collection_base, model_config.id)
-                pending = SourceTable.for_config(conn, config, table).counts(collection).pending
-                with tqdm(
-                    total=pending, desc=f"{table.name} -> {key}", unit="row", file=sys.stderr
-                ) as bar:
-
-                    def advance(report: BatchReport, bar: tqdm = bar) -> None:
-                        bar.update(report.rows)
-
-                    result = sync_configured_table(
-                        conn=conn,
-                        qdrant=qdrant,
-                        embedder=embedder,
-                        project=config,
-                        table=table,
-                        batch_size=batch_size,
-                        on_batch=advance,
-                        log=_QuietLog(),
-                    )
-                click.echo(
-                    f"{table.name}: embedded {result.embedded} into {result.collection} in "
-                    f"{result.seconds:.1f} s; skipped {result.skipped}, truncated "
-                    f"{result.truncated}, still pending {result.pending_after} of "
-                    f"{result.total_rows}"
-                )
+                _sync_with_progress(config, table, embedder, conn, qdrant, batch_size)
     finally:
         embedder.close()
+
+
+def _sync_with_progress(
+    config: ProjectConfig,
+    table: TableConfig,
+    embedder: Embedder,
+    conn: Any,
+    qdrant: Any,
+    batch_size: int,
+) -> None:
+    collection = collection_name_for(table.collection_base, embedder.model_id)
+    pending = SourceTable.for_config(conn, config, table).counts(collection).pending
+    with tqdm(
+        total=pending, desc=f"{table.name} -> {embedder.model_key}", unit="row", file=sys.stderr
+    ) as bar:
+        result = sync_configured_table(
+            conn=conn,
+            qdrant=qdrant,
+            embedder=embedder,
+            project=config,
+            table=table,
+            batch_size=batch_size,
+            on_batch=lambda report: bar.update(report.rows),
+            log=_QuietLog(),
+        )
+    click.echo(
+        f"{table.name}: embedded {result.embedded} into {result.collection} in "
+        f"{result.seconds:.1f} s; skipped {result.skipped}, truncated {result.truncated}, "
+        f"still pending {result.pending_after} of {result.total_rows}"
+        + (f"; removed {result.deleted} deleted rows" if result.deleted else "")
+    )
+
+
+@main.command()
+@click.option("--model", help="Model key (default: the default model).")
+@click.option("--table", "tables", multiple=True, help="Table (repeatable; default: all).")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Only report; exit 1 if anything differs.")
+@pass_state
+@_fail_cleanly
+def repair(
+    state: _State, model: str | None, tables: tuple[str, ...], batch_size: int, dry_run: bool
+) -> None:
+    """Compare PostgreSQL with Qdrant and fix what differs.
+
+    Missing points (row marked, point absent) and stale points (text changed) make their rows
+    pending again, orphan points (no row) are deleted, then a sync re-embeds the rows.
+    """
+    config = state.config
+    key, model_config = config.embeddings.model(model)
+    selected = [config.tables.table(name) for name in tables] or list(config.tables.tables)
+    embedder = build_embedder(key, model_config)
+    differs = False
+    try:
+        with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+            for table in selected:
+                schema = config.tables.schema_for(table)
+                collection = collection_name_for(table.collection_base, model_config.id)
+                # Held throughout, so no sync of this table and collection runs in between
+                # (the sync below takes the same lock again; advisory locks nest).
+                with collection_lock(conn, schema, table, collection):
+                    report = reconcile(conn, qdrant, table, schema, collection)
+                    click.echo(
+                        f"{table.name} -> {collection}: {report.rows} rows, {report.points} "
+                        f"points; missing {report.missing_count}, orphan "
+                        f"{report.orphan_count}, stale {report.stale_count}"
+                    )
+                    differs = differs or not report.ok
+                    if dry_run or report.ok:
+                        continue
+                    fixed = repair_collection(conn, qdrant, report, table, schema, collection)
+                    click.echo(
+                        f"{table.name}: {fixed.marked_pending} rows made pending, "
+                        f"{fixed.orphans_deleted} orphan points deleted"
+                    )
+                    _sync_with_progress(config, table, embedder, conn, qdrant, batch_size)
+    finally:
+        embedder.close()
+    if dry_run and differs:
+        raise SystemExit(1)
 
 
 class _QuietLog:

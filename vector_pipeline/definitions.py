@@ -6,6 +6,7 @@ import dagster as dg
 
 from vector_pipeline.config import ProjectConfig, load_config
 from vector_pipeline.orchestration.assets import sync_job, table_assets
+from vector_pipeline.orchestration.checks import reconciliation_checks
 from vector_pipeline.orchestration.resources import (
     EmbeddingsResource,
     PostgresResource,
@@ -29,6 +30,7 @@ def build_definitions(
     job = sync_job(config)
     return dg.Definitions(
         assets=table_assets(config),
+        asset_checks=reconciliation_checks(config),
         jobs=[job],
         schedules=[incremental_sync_schedule(config, job)],
         sensors=[

@@ -4,12 +4,16 @@ It is a real server (the `openai` SDK talks to it over sockets, with its own ret
 and connection pool), so tests exercise exactly what runs against the real API. It enforces
 OpenAI's request limits, so a client that would be rejected in production is rejected here too,
 and it can be told to misbehave for the next N requests (status codes with headers, malformed
-JSON, wrong counts or dimensions, reset connections, answers slower than the client waits).
+JSON, wrong counts or dimensions, reset connections, answers slower than the client waits), or
+for every request from some point on (`fail_always`).
 
     with FakeOpenAIServer(api_key="k", dimensions=8) as server:
-        server.add_faults(Fault.status(429, headers={"Retry-After": "1"}))
+        server.add_faults(Fault.http_status(429, headers={"Retry-After": "1"}))
         ... OpenAI(base_url=server.url, api_key="k") ...
         assert len(server.requests) == 2
+
+        server.add_faults(None, None, Fault.reset())       # two normal answers, then a reset
+        server.fail_always(Fault.http_status(500), after=3)  # 3 normal answers, then only 500s
 """
 
 from __future__ import annotations
@@ -175,7 +179,9 @@ class FakeOpenAIServer:
             count_tokens=count_tokens,
         )
         self._lock = threading.Lock()
-        self._faults: deque[Fault] = deque()
+        self._faults: deque[Fault | None] = deque()
+        self._always: Fault | None = None  # served once the queue is empty and `_grace` is spent
+        self._grace = 0
         self._requests: list[RecordedRequest] = []
         self._closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -223,16 +229,28 @@ class FakeOpenAIServer:
 
     # -- scripting and inspection ----------------------------------------------------------
 
-    def add_faults(self, *faults: Fault) -> None:
-        """Queue faults: the next request gets the first, the one after the second, ..."""
+    def add_faults(self, *faults: Fault | None) -> None:
+        """Queue faults: the next request gets the first, the one after the second, ...
+
+        A `None` is a normal answer, so `add_faults(None, None, fault)` spares two requests.
+        """
         with self._lock:
             self._faults.extend(faults)
 
     def fail_next(self, fault: Fault, times: int = 1) -> None:
         self.add_faults(*([fault] * times))
 
+    def fail_always(self, fault: Fault | None, *, after: int = 0) -> None:
+        """Answer `after` more requests normally, then give every request `fault`, until
+        `fail_always(None)` or `clear()`. Queued faults (`add_faults`) are served first; a
+        request answered from the queue does not count toward `after`."""
+        with self._lock:
+            self._always = fault
+            self._grace = after
+
     @property
     def pending_faults(self) -> int:
+        """Queued faults not yet served (`fail_always` is not counted)."""
         with self._lock:
             return len(self._faults)
 
@@ -243,16 +261,25 @@ class FakeOpenAIServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget recorded requests and queued faults."""
+        """Forget recorded requests, queued faults and `fail_always`."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._always = None
+            self._grace = 0
 
     # -- used by the handler ---------------------------------------------------------------
 
     def _next_fault(self) -> Fault | None:
         with self._lock:
-            return self._faults.popleft() if self._faults else None
+            if self._faults:
+                return self._faults.popleft()
+            if self._always is None:
+                return None
+            if self._grace > 0:
+                self._grace -= 1
+                return None
+            return self._always
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:

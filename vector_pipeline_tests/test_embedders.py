@@ -402,8 +402,9 @@ def test_openai_rejects_unusable_answers(
     server: FakeOpenAIServer, api_key: str, fault: Fault, match: str
 ) -> None:
     server.add_faults(fault)
+    # With no retries left the answer is refused at once; retrying it: test_provider_faults.py.
     with pytest.raises(EmbeddingError, match=match):
-        build_embedder("small", openai_model(server)).embed_documents(["a", "b"])
+        build_embedder("small", openai_model(server, max_retries=0)).embed_documents(["a", "b"])
     assert len(server.requests) == 1
 
 

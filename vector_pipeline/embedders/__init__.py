@@ -18,6 +18,7 @@ from vector_pipeline.config import (
 from vector_pipeline.embedders.base import (
     DenseEmbeddings,
     Embedder,
+    EmbeddingAnswerError,
     EmbeddingAuthError,
     EmbeddingError,
 )
@@ -25,6 +26,7 @@ from vector_pipeline.embedders.base import (
 __all__ = [
     "DenseEmbeddings",
     "Embedder",
+    "EmbeddingAnswerError",
     "EmbeddingAuthError",
     "EmbeddingError",
     "build_embedder",

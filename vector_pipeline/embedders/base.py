@@ -39,6 +39,16 @@ class EmbeddingAuthError(EmbeddingError):
     """The provider rejected the API key (HTTP 401/403); retrying cannot help."""
 
 
+class EmbeddingAnswerError(EmbeddingError):
+    """The provider answered, but with something unusable: a body that is not JSON, the wrong
+    number of vectors, vectors of the wrong size, out of order, or not finite numbers.
+
+    Such answers are usually transient (a proxy cutting a body short, one bad replica), so HTTP
+    embedders retry them within the model's `max_retries` before raising this. Nothing from an
+    unusable answer is ever returned: when this is raised, no vector of the batch was.
+    """
+
+
 @runtime_checkable
 class Embedder(Protocol):
     model_key: str

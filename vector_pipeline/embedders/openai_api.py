@@ -1,17 +1,29 @@
 """Embeddings over HTTP from OpenAI, Jina AI, or any server that speaks OpenAI's protocol.
 
-The official `openai` SDK does the transport and the retrying: on 408/409/429/5xx, timeouts and
-connection errors it retries up to `max_retries` times, waiting what `retry-after-ms` or
+The official `openai` SDK does the transport and the retrying of transport faults: on
+408/409/429/5xx, timeouts and connection errors it retries, waiting what `retry-after-ms` or
 `Retry-After` asks for (if that is at most 120 s; a longer ask is not retried at all), else
 0.5 s * 2^n capped at 8 s, minus up to 25 % jitter (openai/_base_client.py, 3.57). A 401/403 is
-not retried. This module adds what the SDK does not: inputs cut and packed to the provider's
-limits before sending (see batching.py), every answer checked before it is trusted, and errors
-that name the model and the key's variable, never the key.
+not retried.
+
+This module adds what the SDK does not:
+
+- inputs cut and packed to the provider's limits before sending (see batching.py);
+- every answer checked before it is trusted, and an unusable one (not JSON, the wrong number of
+  vectors, the wrong size, out of order, not finite) retried like a transport fault, with the
+  same backoff (`retry_base_seconds` * 2^n capped at `retry_max_seconds`, less up to 25 %);
+- one retry budget per request: the SDK's retries and ours together never exceed the model's
+  `max_retries`, so a request is sent at most `max_retries + 1` times (plus, once, a re-send with
+  inputs cut shorter when the server counts tokens differently);
+- errors that name the model and the key's variable, never the key, and that carry no SDK
+  exception (whose request object holds the `Authorization` header) as cause or context.
 """
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +33,7 @@ import openai
 from vector_pipeline.config import JinaModel, OpenAIModel
 from vector_pipeline.embedders.base import (
     DenseEmbeddings,
+    EmbeddingAnswerError,
     EmbeddingAuthError,
     EmbeddingError,
     reject_empty,
@@ -40,10 +53,17 @@ _TOO_LONG = re.compile(
     r"maximum context length|too long|too many tokens|exceeds? (?:the )?max", re.IGNORECASE
 )
 _MESSAGE_LIMIT = 500
+# The longest Retry-After the SDK honours; a longer ask fails at once (MAX_RETRY_AFTER_DELAY).
+_SDK_MAX_RETRY_AFTER = 120.0
 
 
 class OpenAIEmbedder:
     """`openai` and `jinaai` models; Jina gets its `task` parameter, the rest is the same."""
+
+    # Backoff before re-sending after an unusable answer: the SDK's own constants, so a request
+    # backs off the same way whatever went wrong. Tests lower them on an instance.
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 8.0
 
     def __init__(
         self,
@@ -71,6 +91,9 @@ class OpenAIEmbedder:
             max_retries=model.max_retries,
             timeout=model.timeout_seconds,
         )
+        # Copies that share the connection pool and allow fewer SDK retries: what is left of a
+        # request's budget after earlier attempts.
+        self._clients: dict[int, openai.OpenAI] = {model.max_retries: self._client}
 
     def __repr__(self) -> str:
         return (
@@ -119,60 +142,100 @@ class OpenAIEmbedder:
     def _embed_batch(
         self, batch: list[str], counted: int, task: str | None
     ) -> tuple[list[list[float]], int, list[int]]:
-        """Vectors, tokens used, and indexes (within `batch`) cut after a "too long" answer."""
-        shrunk: list[int] = []
-        try:
-            try:
-                response = self._create(batch, task)
-            except openai.BadRequestError as exc:
-                # Our count disagreed with the server's (another tokenizer behind `base_url`,
-                # say). Cut the inputs that could be over by the byte bound, which holds for any
-                # byte-level tokenizer, and try once more.
-                if not _TOO_LONG.search(_message_of(exc)):
-                    raise
-                bound = Utf8ByteCounter()
-                counts = bound.count(batch)
-                shrunk = [i for i, count in enumerate(counts) if count > self._per_input]
-                if not shrunk:
-                    raise
-                batch = list(batch)
-                for index in shrunk:
-                    batch[index] = bound.cut(batch[index], self._per_input)
-                counted = sum(bound.count(batch))
-                response = self._create(batch, task)
-        except openai.OpenAIError as exc:
-            raise self._translate(exc) from None
-        except ValueError as exc:  # the SDK raises json's error on a body that is not JSON
-            raise EmbeddingError(
-                f"{self._who()} answered with a body that is not valid JSON ({exc})"
-            ) from None
-        vectors = self._validate(response, len(batch))
-        usage = getattr(response, "usage", None)
-        used = getattr(usage, "total_tokens", None)
-        return vectors, used if isinstance(used, int) else counted, shrunk
+        """Vectors, tokens used, and indexes (within `batch`) cut after a "too long" answer.
 
-    def _create(self, batch: list[str], task: str | None) -> Any:
+        Errors are raised outside any `except` block, so they carry no SDK exception as context.
+        """
+        budget = self._model.max_retries
+        retries = 0  # spent on this request so far, by the SDK and by us
+        shrunk: list[int] = []
+        while True:
+            failure: EmbeddingError | None = None
+            raw: Any = None
+            try:
+                raw = self._create(batch, task, max_retries=budget - retries)
+            except openai.BadRequestError as exc:
+                failure = self._translate(exc)
+                if not shrunk and _TOO_LONG.search(_message_of(exc)):
+                    # Our count disagreed with the server's (another tokenizer behind
+                    # `base_url`, say). Cut the inputs that could be over by the byte bound,
+                    # which holds for any byte-level tokenizer, and send once more.
+                    bound = Utf8ByteCounter()
+                    counts = bound.count(batch)
+                    shrunk = [i for i, count in enumerate(counts) if count > self._per_input]
+                    if shrunk:
+                        batch = list(batch)
+                        for index in shrunk:
+                            batch[index] = bound.cut(batch[index], self._per_input)
+                        counted = sum(bound.count(batch))
+                        continue
+            except openai.OpenAIError as exc:
+                failure = self._translate(exc)
+            if failure is not None:
+                raise failure
+            retries += max(0, int(getattr(raw, "retries_taken", 0) or 0))
+
+            outcome = self._read(raw, len(batch))
+            if not isinstance(outcome, EmbeddingAnswerError):
+                vectors, used = outcome
+                return vectors, used if used is not None else counted, shrunk
+            if retries >= budget:
+                raise EmbeddingAnswerError(
+                    f"{outcome}; gave up after {retries + 1} attempts "
+                    f"(max_retries: {budget}, shared with HTTP and connection retries)"
+                )
+            time.sleep(self.retry_delay(retries))
+            retries += 1
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds to wait before retry `retries + 1`: the SDK's exponential backoff."""
+        ceiling = min(self.retry_base_seconds * 2.0 ** min(retries, 60), self.retry_max_seconds)
+        return ceiling * (1 - 0.25 * random.random())
+
+    def _create(self, batch: list[str], task: str | None, *, max_retries: int) -> Any:
+        """The raw response (its body not yet parsed) after at most `max_retries` SDK retries."""
+        client = self._clients.get(max_retries)
+        if client is None:
+            client = self._clients[max_retries] = self._client.with_options(max_retries=max_retries)
         options: dict[str, Any] = {}
         if self._model.send_dimensions:
             options["dimensions"] = self.dimensions
         if task:
             options["extra_body"] = {"task": task}
-        return self._client.embeddings.create(
+        return client.embeddings.with_raw_response.create(
             model=self._model.id, input=batch, encoding_format="float", **options
         )
 
+    def _read(
+        self, raw: Any, expected: int
+    ) -> tuple[list[list[float]], int | None] | EmbeddingAnswerError:
+        """Vectors and reported tokens from a raw response, or why the answer is unusable."""
+        try:
+            response = raw.parse()
+        except ValueError as exc:  # json's error on a body that is not JSON
+            return EmbeddingAnswerError(
+                f"{self._who()} answered with a body that is not valid JSON ({exc})"
+            )
+        try:
+            vectors = self._validate(response, expected)
+        except EmbeddingAnswerError as exc:
+            return exc
+        usage = getattr(response, "usage", None)
+        used = getattr(usage, "total_tokens", None)
+        return vectors, used if isinstance(used, int) else None
+
     def _validate(self, response: Any, expected: int) -> list[list[float]]:
-        """The vectors in input order, or EmbeddingError if the answer cannot be trusted."""
+        """The vectors in input order, or EmbeddingAnswerError if they cannot be trusted."""
         data = getattr(response, "data", None)
         if not isinstance(data, list) or len(data) != expected:
             got = len(data) if isinstance(data, list) else "no"
-            raise EmbeddingError(
+            raise EmbeddingAnswerError(
                 f"{self._who()} returned {got} vectors for {expected} inputs; refusing to guess "
                 "which vector belongs to which text"
             )
         indexes = [getattr(item, "index", None) for item in data]
         if sorted(indexes, key=lambda i: i if isinstance(i, int) else -1) != list(range(expected)):
-            raise EmbeddingError(
+            raise EmbeddingAnswerError(
                 f"{self._who()} returned vectors with indexes {indexes[:10]}..., "
                 f"not 0..{expected - 1}"
             )
@@ -181,7 +244,7 @@ class OpenAIEmbedder:
             embedding = getattr(item, "embedding", None)
             if not isinstance(embedding, list) or len(embedding) != self.dimensions:
                 size = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
-                raise EmbeddingError(
+                raise EmbeddingAnswerError(
                     f"{self._who()} returned a vector of {size} values for input {position}, "
                     f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
                     f"(and `send_dimensions:` if the model has a fixed size)"
@@ -189,9 +252,11 @@ class OpenAIEmbedder:
         try:
             matrix = np.asarray([item.embedding for item in ordered], dtype=np.float64)
         except (TypeError, ValueError):
-            raise EmbeddingError(f"{self._who()} returned non-numeric vector values") from None
+            raise EmbeddingAnswerError(
+                f"{self._who()} returned non-numeric vector values"
+            ) from None
         if not np.isfinite(matrix).all():
-            raise EmbeddingError(f"{self._who()} returned NaN or infinite vector values")
+            raise EmbeddingAnswerError(f"{self._who()} returned NaN or infinite vector values")
         return matrix.tolist()
 
     # -- errors ----------------------------------------------------------------------------
@@ -207,20 +272,31 @@ class OpenAIEmbedder:
                 f"rejected (HTTP {exc.status_code}). Check that {self._variable} holds a valid "
                 f"key with access to {self.model_id}."
             )
+        retried = (
+            f"gave up within max_retries: {self._model.max_retries}, one budget for 429/5xx, "
+            "timeouts, connection errors and unusable answers"
+        )
         if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status not in (408, 409, 429) and status < 500:
+                retried = "not retried: a repeat would get the same answer"
+            wait = _retry_after(exc)
+            if wait is not None and wait > _SDK_MAX_RETRY_AFTER:
+                retried = (
+                    f"not retried: the server asked for a {wait:.0f} s wait, longer than the "
+                    f"{_SDK_MAX_RETRY_AFTER:.0f} s the client waits; try again later"
+                )
             return EmbeddingError(
-                f"{self._who()}: HTTP {exc.status_code}: {self._scrub(_message_of(exc))} "
-                f"(after up to {self._model.max_retries} retries where retrying made sense)"
+                f"{self._who()}: HTTP {status}: {self._scrub(_message_of(exc))} ({retried})"
             )
         if isinstance(exc, openai.APITimeoutError):
             return EmbeddingError(
-                f"{self._who()}: no answer within {self._model.timeout_seconds} s, "
-                f"{self._model.max_retries} retries included"
+                f"{self._who()}: no answer within {self._model.timeout_seconds} s ({retried})"
             )
         if isinstance(exc, openai.APIConnectionError):
             return EmbeddingError(
-                f"{self._who()}: could not connect to {self._client.base_url} "
-                f"({self._model.max_retries} retries included)"
+                f"{self._who()}: the connection to {self._client.base_url} failed "
+                f"(refused, reset or closed early; {retried})"
             )
         return EmbeddingError(f"{self._who()}: {type(exc).__name__}: {self._scrub(str(exc))}")
 
@@ -230,6 +306,17 @@ class OpenAIEmbedder:
         if len(message) > _MESSAGE_LIMIT:
             message = message[:_MESSAGE_LIMIT] + "..."
         return message
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """Seconds the server asked to wait (`retry-after-ms` or `Retry-After` in seconds)."""
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) * scale
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def _message_of(exc: openai.OpenAIError) -> str:

@@ -107,6 +107,7 @@ def sync_job(config: ProjectConfig) -> "AssetJob":
     table assets, for one model partition."""
     return dg.define_asset_job(
         "embedding_sync",
-        selection=dg.AssetSelection.groups(GROUP),
+        # Reconciliation scans whole tables and collections; it runs on its own, not per sync.
+        selection=dg.AssetSelection.groups(GROUP).without_checks(),
         description="Incremental sync of the selected tables into one model's collection.",
     )

@@ -1,0 +1,479 @@
+"""Provider faults, end to end: the real sync engine (PostgreSQL, Qdrant local mode, BM25) with
+the OpenAI embedder talking over loopback HTTP to a server that speaks OpenAI's embeddings
+protocol and misbehaves on cue.
+
+Transient faults must leave the sync complete with every row embedded exactly once; persistent
+ones must fail with an error naming the model and the fault while keeping the batches that
+succeeded and marking nothing without its point; a rejected key must fail on the first request.
+The API key is a sentinel that must never show in any exception or log record.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+from qdrant_client import QdrantClient
+
+from vector_pipeline.config import ProjectConfig, collection_name_for, load_config
+from vector_pipeline.database_setup import setup_database
+from vector_pipeline.embedders import EmbeddingAuthError, EmbeddingError, build_embedder
+from vector_pipeline.embedders.base import EmbeddingAnswerError
+from vector_pipeline.embedders.openai_api import OpenAIEmbedder
+from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.sync import SyncResult, sync_table
+from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault, fake_vector
+
+KEY_VAR = "VP_FAULTS_OPENAI_KEY"
+KEY = "sk-sentinel-5b1e7c9d2a4f6083e1f9QZXW"
+MODEL_KEY = "fake_openai"
+MODEL_ID = "text-embedding-3-small"
+WHO = f"openai model '{MODEL_KEY}' ({MODEL_ID})"
+DIMENSIONS = 8
+ROWS = 100
+BATCH = 20  # ROWS / BATCH = 5 requests for a clean sync
+FAST_BACKOFF = 0.02  # seconds: our backoff base after unusable answers (the SDK's stays 0.5 s)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def key_never_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.DEBUG)  # the SDK's and httpx's debug logs included
+    yield
+    # (caplog.records would be the teardown's only.)
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    leaks = [record.name for record in records if KEY in _logged(record)]
+    assert not leaks, f"the API key was logged by {leaks}"
+
+
+def _logged(record: logging.LogRecord) -> str:
+    shown = [record.getMessage(), repr(record.args)]
+    if record.exc_info:
+        shown.append(logging.Formatter().formatException(record.exc_info))
+    return "\n".join(shown)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(api_key=KEY, dimensions=DIMENSIONS) as fake:
+        yield fake
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path,
+    schema: str,
+    conn: psycopg.Connection,
+    server: FakeOpenAIServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> ProjectConfig:
+    """`doc` with ROWS rows, init-db applied, the default model an OpenAI one at `server`."""
+    monkeypatch.setenv(KEY_VAR, KEY)
+    create_doc_table(conn, schema, ROWS)
+    config = load_config(
+        write_config(
+            tmp_path / "config",
+            schema,
+            default=MODEL_KEY,
+            extra_models=f"""\
+            {MODEL_KEY}:
+              provider: openai
+              id: {MODEL_ID}
+              dimensions: {DIMENSIONS}
+              api_key: ${{{KEY_VAR}}}
+              base_url: {server.url}
+              batch_size: {BATCH}
+              max_retries: 2
+              timeout_seconds: 5
+            """,
+        )
+    )
+    setup_database(conn, config)
+    return config
+
+
+@pytest.fixture
+def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
+    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
+        yield client
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def run_sync(
+    config: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient, **model_overrides: Any
+) -> SyncResult:
+    """One sync of `doc` through the real engine, the model's settings overridden as given."""
+    key, model = config.embeddings.model()
+    embedder = build_embedder(key, model.model_copy(update=model_overrides))
+    assert isinstance(embedder, OpenAIEmbedder)
+    embedder.retry_base_seconds = FAST_BACKOFF
+    try:
+        return sync_table(
+            conn=conn,
+            qdrant=qdrant,
+            embedder=embedder,
+            table=config.tables.tables[0],
+            schema=config.tables.schema_,
+            batch_size=BATCH,
+        )
+    finally:
+        embedder.close()
+
+
+def failing_sync(
+    config: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient, **model_overrides: Any
+) -> EmbeddingError:
+    with pytest.raises(EmbeddingError) as caught:
+        run_sync(config, conn, qdrant, **model_overrides)
+    assert_key_hidden(caught.value)
+    return caught.value
+
+
+def assert_key_hidden(error: BaseException) -> None:
+    # No SDK exception may ride along as cause or context: its request object holds the
+    # Authorization header, and error reporters (Dagster, Sentry) walk the chain.
+    assert error.__cause__ is None and error.__context__ is None
+    shown = [str(error), repr(error), repr(error.args), "".join(traceback.format_exception(error))]
+    for text in shown:
+        assert KEY not in text and KEY[-8:] not in text
+
+
+@dataclass
+class State:
+    collection: str
+    texts: dict[int, str]  # row id -> the text its current values render to
+    marks: dict[int, int]  # row id -> how often `embedded_in` lists the collection
+    points: dict[int, tuple[str, list[float]]]  # row id -> (payload content, dense vector)
+
+    @property
+    def marked(self) -> set[int]:
+        return {row for row, count in self.marks.items() if count}
+
+    @property
+    def pending(self) -> set[int]:
+        return set(self.texts) - self.marked
+
+
+def state(config: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient) -> State:
+    table = config.tables.tables[0]
+    collection = collection_name_for(table.collection_base, MODEL_ID)
+    records = conn.execute(
+        sql.SQL("SELECT id, title, body, embedded_in FROM {}").format(
+            sql.Identifier(config.tables.schema_, table.table)
+        )
+    ).fetchall()
+    texts = {
+        row: table.render_text({"title": title, "body": body}) for row, title, body, _ in records
+    }
+    marks = {
+        row: embedded.count(collection) if isinstance(embedded, list) else 0
+        for row, _, _, embedded in records
+    }
+    points: dict[int, tuple[str, list[float]]] = {}
+    offset = None
+    while True:
+        page, offset = qdrant.scroll(
+            collection, limit=500, offset=offset, with_payload=True, with_vectors=True
+        )
+        for point in page:
+            row = point.payload["meta_data"]["row_id"]
+            assert row not in points, f"two points for row {row}"
+            points[row] = (point.payload["content"], point.vector["dense"])
+        if offset is None:
+            break
+    return State(collection=collection, texts=texts, marks=marks, points=points)
+
+
+def assert_marked_rows_have_their_points(now: State) -> None:
+    """No row is marked without a point holding its current text and that text's vector."""
+    assert all(count <= 1 for count in now.marks.values()), "a collection listed twice"
+    for row in now.marked:
+        assert row in now.points, f"row {row} is marked but has no point"
+        content, vector = now.points[row]
+        assert content == now.texts[row]
+        assert np.allclose(vector, fake_vector(content, DIMENSIONS), atol=1e-5), row
+
+
+def assert_complete(now: State, server: FakeOpenAIServer) -> None:
+    """Every row embedded exactly once: one mark, one point, one good answer for its text."""
+    assert now.pending == set()
+    assert set(now.marks.values()) == {1}
+    assert set(now.points) == set(now.texts)
+    assert_marked_rows_have_their_points(now)
+    answered = Counter(
+        text
+        for request in server.requests
+        if request.fault is None and request.status == 200
+        for text in request.inputs
+    )
+    assert answered == Counter(now.texts.values())
+
+
+def gaps(server: FakeOpenAIServer) -> list[float]:
+    times = [request.received_at for request in server.requests]
+    return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+
+# -- transient faults -----------------------------------------------------------------------
+
+TRANSIENT = {
+    "429 Retry-After": Fault.http_status(429, headers={"Retry-After": "1"}, message="Slow down"),
+    "500": Fault.http_status(500, message="The server had an error"),
+    "503": Fault.http_status(503, message="The engine is currently overloaded"),
+    "timeout": Fault.sleep(3.0),
+    "connection reset": Fault.reset(),
+    "malformed JSON": Fault.malformed_json(),
+    "one vector short": Fault.wrong_count(-1),
+    "one vector too many": Fault.wrong_count(+1),
+    "dimension too big": Fault.wrong_dimension(+1),
+    "dimension too small": Fault.wrong_dimension(-3),
+}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT.values(), ids=TRANSIENT.keys())
+def test_a_transient_fault_is_retried_and_every_row_embedded_once(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    fault: Fault,
+) -> None:
+    server.add_faults(None, None, fault)  # the third batch's first request
+    timeout = 0.5 if fault.kind == "sleep" else 5.0
+    result = run_sync(project, conn, qdrant, timeout_seconds=timeout)
+
+    assert (result.embedded, result.pending_after, result.batches) == (ROWS, 0, ROWS // BATCH)
+    requests = server.requests
+    assert [request.fault for request in requests] == [None, None, fault.kind, None, None, None]
+    assert requests[2].inputs == requests[3].inputs  # the same batch, sent again
+    assert requests[3].status == 200
+    if fault.kind == "status" and fault.headers:
+        assert gaps(server)[2] >= 0.95  # Retry-After: 1 was honoured
+    now = state(project, conn, qdrant)
+    assert_complete(now, server)
+    assert qdrant.count(now.collection, exact=True).count == ROWS
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        (Fault.http_status(503), Fault.wrong_count(-1)),
+        (Fault.malformed_json(), Fault.reset()),
+    ],
+    ids=["503 then wrong count", "malformed JSON then reset"],
+)
+def test_mixed_faults_on_one_request_share_the_retry_budget(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    faults: tuple[Fault, Fault],
+) -> None:
+    # max_retries: 2 covers an SDK retry and one of ours on the same batch...
+    server.add_faults(None, *faults)
+    run_sync(project, conn, qdrant)
+    assert len(server.requests) == ROWS // BATCH + 2
+    assert_complete(state(project, conn, qdrant), server)
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        (Fault.http_status(503), Fault.wrong_count(-1), Fault.http_status(503)),
+        (Fault.wrong_count(-1), Fault.http_status(503), Fault.http_status(503)),
+    ],
+    ids=["503, wrong count, 503", "wrong count, 503, 503"],
+)
+def test_the_retry_budget_is_one_per_request_not_one_per_layer(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    faults: tuple[Fault, ...],
+) -> None:
+    # ...but a third fault exhausts it: three attempts in all, never the SDK's budget again.
+    server.add_faults(None, *faults)
+    error = failing_sync(project, conn, qdrant)
+    assert "HTTP 503" in str(error) and WHO in str(error)
+    assert len(server.requests) == 1 + 3
+    now = state(project, conn, qdrant)
+    assert now.marked == set(range(1, BATCH + 1))
+    assert_marked_rows_have_their_points(now)
+
+
+# -- persistent faults ----------------------------------------------------------------------
+
+PERSISTENT = {
+    "HTTP 500": (Fault.http_status(500, message="Internal error"), EmbeddingError, "HTTP 500"),
+    "connection reset": (Fault.reset(), EmbeddingError, "the connection to http://127.0.0.1"),
+    "malformed JSON": (Fault.malformed_json(), EmbeddingAnswerError, "not valid JSON"),
+    "wrong count": (Fault.wrong_count(-1), EmbeddingAnswerError, "returned 19 vectors for 20"),
+    "wrong dimension": (
+        Fault.wrong_dimension(+1),
+        EmbeddingAnswerError,
+        "a vector of 9 values for input 0, expected 8",
+    ),
+}
+
+
+@pytest.mark.parametrize(("fault", "error_type", "says"), PERSISTENT.values(), ids=PERSISTENT)
+def test_a_persistent_fault_fails_clearly_and_keeps_earlier_batches(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    fault: Fault,
+    error_type: type[EmbeddingError],
+    says: str,
+) -> None:
+    server.fail_always(fault, after=2)  # two batches get through, then nothing does
+    error = failing_sync(project, conn, qdrant, max_retries=1)
+
+    assert type(error) is error_type
+    message = str(error)
+    assert message.startswith(WHO) and says in message
+    if error_type is EmbeddingAnswerError:
+        assert "gave up after 2 attempts (max_retries: 1" in message
+    assert len(server.requests) == 2 + 2  # the failing batch: one try and one retry
+    assert server.requests[2].inputs == server.requests[3].inputs
+
+    now = state(project, conn, qdrant)
+    kept = set(range(1, 2 * BATCH + 1))
+    assert now.marked == kept
+    assert set(now.points) == kept  # nothing of the failing batch was written, let alone marked
+    assert set(server.requests[2].inputs) == {now.texts[row] for row in range(41, 61)}
+    assert now.pending == set(now.texts) - kept
+    assert_marked_rows_have_their_points(now)
+
+    server.fail_always(None)  # the provider recovers; the next sync finishes the job
+    result = run_sync(project, conn, qdrant, max_retries=1)
+    assert (result.embedded, result.pending_after) == (ROWS - 2 * BATCH, 0)
+    assert len(server.requests) == 4 + 3
+    assert_complete(state(project, conn, qdrant), server)
+
+
+def test_unusable_answers_back_off_exponentially(
+    project: ProjectConfig, server: FakeOpenAIServer
+) -> None:
+    server.fail_always(Fault.wrong_dimension(+1))
+    key, model = project.embeddings.model()
+    embedder = build_embedder(key, model.model_copy(update={"max_retries": 3}))
+    assert isinstance(embedder, OpenAIEmbedder)
+    embedder.retry_base_seconds = 0.1
+    with pytest.raises(EmbeddingAnswerError, match="gave up after 4 attempts") as caught:
+        embedder.embed_documents(["a", "b"])
+    embedder.close()
+    assert_key_hidden(caught.value)
+    assert len(server.requests) == 4
+    # 0.1 s * 2^n, less at most 25 % jitter: at least 0.075, 0.15 and 0.3 s apart.
+    waited = gaps(server)
+    assert all(gap >= low for gap, low in zip(waited, (0.075, 0.15, 0.3), strict=True)), waited
+
+
+def test_backoff_matches_the_sdk_and_is_capped_and_jittered() -> None:
+    from openai._constants import INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
+
+    assert OpenAIEmbedder.retry_base_seconds == INITIAL_RETRY_DELAY
+    assert OpenAIEmbedder.retry_max_seconds == MAX_RETRY_DELAY
+    embedder = OpenAIEmbedder.__new__(OpenAIEmbedder)  # retry_delay needs no client
+    for retries in range(12):
+        ceiling = min(0.5 * 2**retries, 8.0)
+        delays = [embedder.retry_delay(retries) for _ in range(200)]
+        assert all(0.75 * ceiling <= delay <= ceiling for delay in delays)
+        assert max(delays) - min(delays) > 0.05 * ceiling  # jittered, not fixed
+    assert embedder.retry_delay(10_000) <= 8.0
+
+
+# -- rejected keys --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "good_batches"),
+    [
+        ("server refuses the key: 401", 0),
+        ("leaky 401 echoing the key", 0),
+        ("leaky 403 echoing the key", 0),
+        ("401 after a good batch", 1),
+    ],
+)
+def test_a_rejected_key_fails_at_once_naming_its_variable(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    how: str,
+    good_batches: int,
+) -> None:
+    if how.startswith("server refuses"):
+        server.settings.api_key = "sk-some-other-key-0000"  # it echoes ours masked, like OpenAI
+    elif "403" in how:
+        server.add_faults(Fault.http_status(403, message=f"Key {KEY} may not use {MODEL_ID}"))
+    else:
+        leaky = Fault.http_status(401, message=f"Incorrect API key provided: {KEY}")
+        server.add_faults(*[None] * good_batches, leaky)
+
+    error = failing_sync(project, conn, qdrant, max_retries=6)
+
+    assert type(error) is EmbeddingAuthError
+    assert KEY_VAR in str(error) and WHO in str(error)
+    statuses = [request.status for request in server.requests]
+    assert statuses == [200] * good_batches + [403 if "403" in how else 401]  # no retry at all
+    now = state(project, conn, qdrant)
+    assert now.marked == set(now.points) == set(range(1, good_batches * BATCH + 1))
+    assert_marked_rows_have_their_points(now)
+
+
+def test_no_error_from_the_http_embedder_carries_the_key(
+    project: ProjectConfig, server: FakeOpenAIServer
+) -> None:
+    # Every failure path of the embedder on its own, query side included.
+    key, model = project.embeddings.model()
+    cases: list[tuple[Fault, type[EmbeddingError], str]] = [
+        (Fault.http_status(400, message=f"bad {KEY}"), EmbeddingError, "bad *** (not retried"),
+        (Fault.http_status(404, message=f"no model for {KEY}"), EmbeddingError, "HTTP 404"),
+        (
+            Fault.http_status(429, headers={"Retry-After": "600"}, message=KEY),
+            EmbeddingError,
+            "not retried: the server asked for a 600 s wait",
+        ),
+        (Fault.http_status(500, message=KEY), EmbeddingError, "gave up within max_retries: 0"),
+        (Fault.reset(), EmbeddingError, "the connection to http://127.0.0.1"),
+        (Fault.sleep(3.0), EmbeddingError, "no answer within 0.3 s"),
+        (Fault.malformed_json(), EmbeddingAnswerError, "not valid JSON"),
+        (Fault.wrong_count(+1), EmbeddingAnswerError, "vectors for"),
+        (Fault.wrong_dimension(+1), EmbeddingAnswerError, "a vector of 9 values"),
+        (Fault.http_status(401, message=KEY), EmbeddingAuthError, KEY_VAR),
+    ]
+    for fault, error_type, says in cases:
+        server.clear()
+        server.fail_always(fault)
+        embedder = build_embedder(
+            key, model.model_copy(update={"max_retries": 0, "timeout_seconds": 0.3})
+        )
+        for document_side in (True, False):
+            with pytest.raises(EmbeddingError) as caught:
+                if document_side:
+                    embedder.embed_documents(["a", "b"])
+                else:
+                    embedder.embed_query("a")
+            assert type(caught.value) is error_type, (fault, caught.value)
+            assert str(caught.value).startswith(WHO) and says in str(caught.value), caught.value
+            assert_key_hidden(caught.value)
+        assert KEY not in repr(embedder)
+        embedder.close()
+        assert [request.fault for request in server.requests] == [fault.kind] * 2
