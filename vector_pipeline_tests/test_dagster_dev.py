@@ -89,6 +89,11 @@ class DagsterDev:
         assert "errors" not in body, body
         return body["data"]
 
+    def run_status(self, run_id: str) -> str:
+        return self.graphql(
+            "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
+        )["runOrError"]["status"]
+
     def session(self, session_id: int) -> dict[str, Any]:
         with (
             psycopg.connect(self.database_url) as conn,
@@ -287,6 +292,29 @@ def test_broken_model_session_fails_with_its_reason_and_no_secret(dagster_dev: D
     assert SENTINEL_KEY not in row["error_message"]
     assert dagster_dev.marked("test_text-embedding-3-small_hybrid") == 0
 
+    # The key is in the run's environment, and nowhere in what it left behind: the run's
+    # event log (messages, errors, metadata, tags) as Dagster serves it, or any output.
+    # The step writes FAILED as it fails; the run itself ends a moment later.
+    wait_for(
+        "the failed run to finish",
+        lambda: dagster_dev.run_status(row["run_id"]) in ("FAILURE", "SUCCESS", "CANCELED"),
+        RUN_TIMEOUT,
+        dagster_dev.log,
+    )
+    events = dagster_dev.graphql(
+        "query($id: ID!) { logsForRun(runId: $id) { __typename "
+        "... on EventConnection { events { __typename ... on MessageEvent { message } "
+        "... on ExecutionStepFailureEvent { error { message stack causes { message stack } } } "
+        "... on RunFailureEvent { error { message } } } } } "
+        "runOrError(runId: $id) { ... on Run { status tags { key value } runConfigYaml } } }",
+        {"id": row["run_id"]},
+    )
+    assert events["runOrError"]["status"] == "FAILURE"
+    captured = json.dumps(events)
+    assert "VP_E2E_KEY" in captured  # the failure is in there, naming the variable ...
+    assert SENTINEL_KEY not in captured  # ... and never the key itself
+    assert SENTINEL_KEY not in dagster_dev.log.read_text(errors="replace")
+
 
 def test_unknown_table_session_fails_without_a_run(dagster_dev: DagsterDev):
     session_id = dagster_dev.insert_session("(tables)", "(ARRAY['doc', 'ghost'])")
@@ -325,9 +353,7 @@ def test_partition_materialization_launched_like_the_ui(dagster_dev: DagsterDev)
     run_id = launched["run"]["runId"]
 
     def finished() -> str | None:
-        status = dagster_dev.graphql(
-            "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }", {"id": run_id}
-        )["runOrError"]["status"]
+        status = dagster_dev.run_status(run_id)
         return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
 
     assert wait_for(f"run {run_id}", finished, RUN_TIMEOUT, dagster_dev.log) == "SUCCESS"
