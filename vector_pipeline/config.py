@@ -75,6 +75,8 @@ class _ModelBase(_Strict):
     )
     dimensions: int = Field(gt=0, le=65536)
     batch_size: int = Field(default=64, gt=0, description="Texts per embedding call.")
+    # Batches embedded at once while earlier ones are written and later ones read.
+    max_concurrent_requests: int = Field(default=1, ge=1, le=64)
 
     @field_validator("id")
     @classmethod
@@ -114,6 +116,10 @@ class _HttpModel(_ModelBase):
     # Whether to send `dimensions` in the request (only some models accept it).
     send_dimensions: bool = True
     batch_size: int = Field(default=256, gt=0)
+    max_concurrent_requests: int = Field(default=4, ge=1, le=64)
+    # Client-side limits, kept below the provider's so requests wait here instead of failing.
+    requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(default=None, gt=0)
 
     @field_validator("api_key", mode="before")
     @classmethod

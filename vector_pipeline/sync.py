@@ -12,9 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol
@@ -138,69 +141,91 @@ def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> 
     }
 
 
-def sync_batch(
-    rows: list[SourceRow],
+class _PipelineStopped(Exception):
+    """A batch not embedded because an earlier one failed; that failure is what is raised."""
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch after embedding, ready to write: everything but the I/O."""
+
+    rows: list[SourceRow]
+    wanted: list[SourceRow]
+    skipped: list[SourceRow]
+    points: list[PointData]
+    truncated: tuple[int, ...]
+    tokens: int
+    started: float
+
+
+def embed_batch(
+    rows: list[SourceRow], table: TableConfig, embedder: Embedder, collection: str
+) -> EmbeddedBatch:
+    """Render, embed (dense and sparse) and build the points of one batch.
+
+    No database or Qdrant access, so batches can be embedded on worker threads while the main
+    thread reads the next batch and writes the previous one.
+    """
+    started = time.perf_counter()
+    wanted = [row for row in rows if _has_text(table, row)]
+    skipped = [row for row in rows if not _has_text(table, row)]
+    texts = [table.render_text(row.values) for row in wanted]
+    if not wanted:
+        return EmbeddedBatch(rows, wanted, skipped, [], (), 0, started)
+    dense = embedder.embed_documents(texts)
+    failpoint("after_embed")
+    sparse = bm25().embed_documents(texts)
+    cut = set(dense.truncated)
+    points = [
+        PointData(
+            id=point_id(table.data_type, row.key, collection),
+            dense=vector,
+            sparse=sparse_vector,
+            payload=_payload(table, row, text, index in cut),
+        )
+        for index, (row, text, vector, sparse_vector) in enumerate(
+            zip(wanted, texts, dense.vectors, sparse, strict=True)
+        )
+    ]
+    return EmbeddedBatch(rows, wanted, skipped, points, dense.truncated, dense.tokens, started)
+
+
+def write_batch(
+    batch: EmbeddedBatch,
     *,
     source: SourceTable,
     qdrant: QdrantClient,
-    embedder: Embedder,
     collection: str,
     result: SyncResult,
 ) -> BatchReport:
-    """Embed, upsert and mark one batch; return what happened to it."""
-    started = time.perf_counter()
+    """Upsert the batch's points and wait, then mark its rows; return what happened."""
     table = source.config
-    wanted = [row for row in rows if _has_text(table, row)]
-    skipped = [row for row in rows if not _has_text(table, row)]
-    if skipped:
+    if batch.skipped:
         # A row whose text is gone must not stay findable by its old text.
         delete_points(
-            qdrant, collection, [point_id(table.data_type, r.key, collection) for r in skipped]
-        )
-        source.record_skips(collection, [(row, NO_TEXT) for row in skipped])
-    texts = [table.render_text(row.values) for row in wanted]
-
-    truncated: tuple[int, ...] = ()
-    tokens = 0
-    failpoint("after_read")
-    if wanted:
-        dense = embedder.embed_documents(texts)
-        failpoint("after_embed")
-        sparse = bm25().embed_documents(texts)
-        truncated, tokens = dense.truncated, dense.tokens
-        cut = set(truncated)
-        upsert_points(
             qdrant,
             collection,
-            [
-                PointData(
-                    id=point_id(table.data_type, row.key, collection),
-                    dense=vector,
-                    sparse=sparse_vector,
-                    payload=_payload(table, row, text, index in cut),
-                )
-                for index, (row, text, vector, sparse_vector) in enumerate(
-                    zip(wanted, texts, dense.vectors, sparse, strict=True)
-                )
-            ],
+            [point_id(table.data_type, r.key, collection) for r in batch.skipped],
         )
+        source.record_skips(collection, [(row, NO_TEXT) for row in batch.skipped])
+    upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
-    marked = source.mark_embedded(collection, wanted)
+    marked = source.mark_embedded(collection, batch.wanted)
     failpoint("after_mark")
 
     for samples, found in (
-        (result.skipped_ids, [row.key for row in skipped]),
-        (result.truncated_ids, [wanted[i].key for i in truncated]),
+        (result.skipped_ids, [row.key for row in batch.skipped]),
+        (result.truncated_ids, [batch.wanted[i].key for i in batch.truncated]),
     ):
         samples.extend(found[: max(0, SAMPLE_IDS - len(samples))])
     return BatchReport(
-        rows=len(rows),
+        rows=len(batch.rows),
         embedded=marked,
-        skipped=len(skipped),
-        truncated=len(truncated),
-        left_pending=len(wanted) - marked,
-        tokens=tokens,
-        seconds=time.perf_counter() - started,
+        skipped=len(batch.skipped),
+        truncated=len(batch.truncated),
+        left_pending=len(batch.wanted) - marked,
+        tokens=batch.tokens,
+        seconds=time.perf_counter() - batch.started,
     )
 
 
@@ -255,15 +280,34 @@ def _sync_pending(
     log: Logger,
     result: SyncResult,
 ) -> None:
+    """Read, embed and write batches as a pipeline.
+
+    Up to `max_concurrent_requests` batches are embedded on worker threads while this thread
+    reads the next batch and writes finished ones in order. Only this thread touches
+    PostgreSQL and Qdrant; at most concurrency + 1 batches are held, so memory stays bounded.
+    A failure stops the pipeline: batches written before it stay done, later ones stay
+    pending.
+    """
     table = source.config
-    for rows in source.pending_batches(collection, batch_size):
-        report = sync_batch(
-            rows,
-            source=source,
-            qdrant=qdrant,
-            embedder=embedder,
-            collection=collection,
-            result=result,
+    concurrency = max(1, int(getattr(embedder, "max_concurrent_requests", 1)))
+    in_flight: deque[Future[EmbeddedBatch]] = deque()
+    failed = threading.Event()
+
+    def embed(rows: list[SourceRow]) -> EmbeddedBatch:
+        # Once one batch has failed, queued batches send nothing: a rejected key or a dead
+        # provider costs one failed request per worker, not one per batch read ahead.
+        if failed.is_set():
+            raise _PipelineStopped
+        try:
+            return embed_batch(rows, table, embedder, collection)
+        except BaseException:
+            failed.set()
+            raise
+
+    def write_oldest() -> None:
+        batch = in_flight.popleft().result()
+        report = write_batch(
+            batch, source=source, qdrant=qdrant, collection=collection, result=result
         )
         result.add(report)
         log.info(
@@ -280,6 +324,19 @@ def _sync_pending(
         )
         if on_batch is not None:
             on_batch(report)
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
+    try:
+        for rows in source.pending_batches(collection, batch_size):
+            failpoint("after_read")
+            in_flight.append(pool.submit(embed, rows))
+            while len(in_flight) > concurrency:
+                write_oldest()
+        while in_flight:
+            write_oldest()
+    finally:
+        # On failure, batches not yet started are dropped; running ones finish unwritten.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:

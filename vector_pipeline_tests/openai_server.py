@@ -183,6 +183,8 @@ class FakeOpenAIServer:
         self._always: Fault | None = None  # served once the queue is empty and `_grace` is spent
         self._grace = 0
         self._requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self.max_in_flight = 0  # the most requests this server was answering at once
         self._closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -302,6 +304,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(404, error_body(f"Unknown request URL: GET {self.path}."))
 
     def do_POST(self) -> None:
+        with self.fake._lock:
+            self.fake._in_flight += 1
+            self.fake.max_in_flight = max(self.fake.max_in_flight, self.fake._in_flight)
+        try:
+            self._post()
+        finally:
+            with self.fake._lock:
+                self.fake._in_flight -= 1
+
+    def _post(self) -> None:
         received_at = time.monotonic()
         raw = self._read_body()
         body: dict[str, Any] | None

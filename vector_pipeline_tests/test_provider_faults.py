@@ -97,6 +97,7 @@ def project(
               base_url: {server.url}
               batch_size: {BATCH}
               max_retries: 2
+              max_concurrent_requests: 1
               timeout_seconds: 5
             """,
         )

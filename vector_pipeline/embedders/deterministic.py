@@ -40,6 +40,7 @@ class DeterministicEmbedder:
         self.model_key = model_key
         self.model_id = model.id
         self.dimensions = model.dimensions
+        self.max_concurrent_requests = model.max_concurrent_requests
 
     def embed_documents(self, texts: Sequence[str]) -> DenseEmbeddings:
         dims = self.dimensions

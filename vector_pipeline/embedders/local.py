@@ -73,6 +73,7 @@ class LocalEmbedder:
         self.model_key = model_key
         self.model_id = model.id
         self.dimensions = model.dimensions
+        self.max_concurrent_requests = model.max_concurrent_requests
         self._files = files
         self._max_tokens = model.max_tokens_per_input
         self._batch_size = model.batch_size

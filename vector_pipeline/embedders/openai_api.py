@@ -45,6 +45,7 @@ from vector_pipeline.embedders.batching import (
     plan_requests,
     prepare_inputs,
 )
+from vector_pipeline.embedders.rate_limit import RateLimiter
 
 # How providers say one input is over the model's context length (OpenAI: "This model's
 # maximum context length is 8192 tokens, however you requested ..."). The request-wide token
@@ -76,7 +77,9 @@ class OpenAIEmbedder:
         self.model_key = model_key
         self.model_id = model.id
         self.dimensions = model.dimensions
+        self.max_concurrent_requests = model.max_concurrent_requests
         self._model = model
+        self._limiter = RateLimiter(model.requests_per_minute, model.tokens_per_minute)
         self._variable = model.api_key.variable
         self._api_key = api_key  # kept only to scrub it from error messages
         # Only OpenAI's own tokenizer is available offline; anything else is bounded by bytes.
@@ -153,7 +156,9 @@ class OpenAIEmbedder:
             failure: EmbeddingError | None = None
             raw: Any = None
             try:
+                self._limiter.acquire(counted)
                 raw = self._create(batch, task, max_retries=budget - retries)
+                self._limiter.observe(raw.headers)
             except openai.BadRequestError as exc:
                 failure = self._translate(exc)
                 if not shrunk and _TOO_LONG.search(_message_of(exc)):
