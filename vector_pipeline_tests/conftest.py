@@ -8,14 +8,20 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
+from qdrant_client import QdrantClient
 
 from vector_pipeline.config import ProjectConfig, load_config
 from vector_pipeline.database_setup import setup_database
+from vector_pipeline.embedders import build_embedder
+from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import connect
+from vector_pipeline.sync import SyncResult, sync_configured_table
+from vector_pipeline.vector_store import open_qdrant
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -149,3 +155,34 @@ def dagster_storage_url(database_url: str) -> Iterator[str]:
     yield url.render_as_string(hide_password=False)
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
+    """A local-mode client on the test's own folder."""
+    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
+        yield client
+
+
+def sync_model(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    model: str | None = None,
+    *,
+    table: str | None = None,
+    batch_size: int = 50,
+    **kwargs: Any,
+) -> SyncResult:
+    """Sync one table (default: the first configured) into `model`'s collection (default:
+    the default model's), through the same entry point the CLI and Dagster use."""
+    key, model_config = project.embeddings.model(model)
+    return sync_configured_table(
+        conn=conn,
+        qdrant=qdrant,
+        embedder=build_embedder(key, model_config),
+        project=project,
+        table=project.tables.table(table) if table else project.tables.tables[0],
+        batch_size=batch_size,
+        **kwargs,
+    )

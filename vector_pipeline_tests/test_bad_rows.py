@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from click.testing import CliRunner
 from psycopg import sql
-from qdrant_client import QdrantClient
 
 from vector_pipeline.cli import main
-from vector_pipeline.embedders import build_embedder
-from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
-from vector_pipeline.sync import NO_TEXT, SyncResult, sync_configured_table
-from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline.sync import NO_TEXT, SyncResult
+from vector_pipeline_tests.conftest import sync_model
 
 COLLECTION = "test_det-a_hybrid"
 HOSTILE_TEXTS = {
@@ -28,22 +22,8 @@ HOSTILE_TEXTS = {
 }
 
 
-@pytest.fixture
-def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
-    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
-        yield client
-
-
 def sync(project, conn, qdrant) -> SyncResult:
-    key, model = project.embeddings.model()
-    return sync_configured_table(
-        conn=conn,
-        qdrant=qdrant,
-        embedder=build_embedder(key, model),
-        project=project,
-        table=project.tables.tables[0],
-        batch_size=32,
-    )
+    return sync_model(project, conn, qdrant, batch_size=32)
 
 
 def test_bad_rows_sync_or_are_skipped_with_a_reason(project, conn, qdrant, schema):

@@ -7,13 +7,12 @@ from psycopg import sql
 
 from vector_pipeline.config import load_config
 from vector_pipeline.database_setup import setup_database
-from vector_pipeline.embedders import EmbeddingError, build_embedder
+from vector_pipeline.embedders import EmbeddingError
 from vector_pipeline.embedders.rate_limit import RateLimiter, parse_reset
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
-from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
 
 
@@ -41,16 +40,8 @@ def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
             )
         )
         setup_database(conn, config)
-        key, model = config.embeddings.model()
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
-            result = sync_configured_table(
-                conn=conn,
-                qdrant=qdrant,
-                embedder=build_embedder(key, model),
-                project=config,
-                table=config.tables.tables[0],
-                batch_size=10,
-            )
+            result = sync_model(config, conn, qdrant, batch_size=10)
             points = qdrant.count(result.collection, exact=True).count
         requests = len(server.requests)
         peak = server.max_in_flight
@@ -91,18 +82,10 @@ def test_a_persistent_fault_with_requests_in_flight_marks_only_written_rows(
             )
         )
         setup_database(conn, config)
-        key, model = config.embeddings.model()
         table = config.tables.tables[0]
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
             with pytest.raises(EmbeddingError, match="HTTP 500"):
-                sync_configured_table(
-                    conn=conn,
-                    qdrant=qdrant,
-                    embedder=build_embedder(key, model),
-                    project=config,
-                    table=table,
-                    batch_size=10,
-                )
+                sync_model(config, conn, qdrant, batch_size=10)
             report = reconcile(conn, qdrant, table, schema, "test_text-embedding-3-small_hybrid")
         requests = len(server.requests)
 

@@ -10,11 +10,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
-from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline_tests.conftest import sync_model
 
 COLLECTION = "test_det-a_hybrid"
 
@@ -53,19 +52,11 @@ def test_edits_during_a_sync_never_leave_stale_text_marked_done(
         except BaseException as exc:  # surfaced below; a dead editor would prove nothing
             errors.append(exc)
 
-    key, model = project.embeddings.model()
     editor = threading.Thread(target=edit_continuously)
     with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
         editor.start()
         try:
-            result = sync_configured_table(
-                conn=conn,
-                qdrant=qdrant,
-                embedder=build_embedder(key, model),
-                project=project,
-                table=project.tables.tables[0],
-                batch_size=50,
-            )
+            result = sync_model(project, conn, qdrant)
         finally:
             stop.set()
             editor.join(timeout=60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -13,30 +12,14 @@ from qdrant_client import QdrantClient
 
 from vector_pipeline.config import ProjectConfig
 from vector_pipeline.deletes import _lock_key
-from vector_pipeline.embedders import build_embedder
-from vector_pipeline.locations import QdrantLocation
-from vector_pipeline.sync import SyncResult, sync_configured_table
-from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline.sync import SyncResult
+from vector_pipeline_tests.conftest import sync_model
 
 COLLECTIONS = ("test_det-a_hybrid", "test_det-b_hybrid")
 
 
-@pytest.fixture
-def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
-    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
-        yield client
-
-
 def sync(project: ProjectConfig, conn, qdrant, model: str) -> SyncResult:
-    key, model_config = project.embeddings.model(model)
-    return sync_configured_table(
-        conn=conn,
-        qdrant=qdrant,
-        embedder=build_embedder(key, model_config),
-        project=project,
-        table=project.tables.tables[0],
-        batch_size=50,
-    )
+    return sync_model(project, conn, qdrant, model)
 
 
 def point_ids(qdrant: QdrantClient, collection: str) -> set[str]:

@@ -8,12 +8,10 @@ from psycopg import sql
 
 from vector_pipeline.config import ConfigError, load_config
 from vector_pipeline.database_setup import SetupError, setup_database
-from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
-from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import write_config
+from vector_pipeline_tests.conftest import sync_model, write_config
 
 TABLE = 'Odd "Table" Name; DROP'
 
@@ -60,18 +58,10 @@ def test_quoted_mixed_case_and_reserved_identifiers_sync_end_to_end(
     setup_database(conn, config)  # idempotent with these names too
     table = config.tables.table("odd")
     relation = sql.Identifier(odd_schema, TABLE)
-    key, model = config.embeddings.model()
     with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
 
         def sync():
-            return sync_configured_table(
-                conn=conn,
-                qdrant=qdrant,
-                embedder=build_embedder(key, model),
-                project=config,
-                table=table,
-                batch_size=7,
-            )
+            return sync_model(config, conn, qdrant, batch_size=7)
 
         assert sync().embedded == 30
         conn.execute(sql.SQL('UPDATE {} SET "Order" = \'changed\' WHERE "Id" = 2').format(relation))

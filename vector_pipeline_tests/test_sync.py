@@ -6,7 +6,7 @@ import hashlib
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import psycopg
 import pytest
@@ -21,12 +21,6 @@ from vector_pipeline.search import search
 from vector_pipeline.sync import BatchReport, SyncResult, sync_table
 from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
 from vector_pipeline_tests.conftest import create_doc_table, write_config
-
-
-@pytest.fixture
-def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
-    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
-        yield client
 
 
 def run_sync(

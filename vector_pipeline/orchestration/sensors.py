@@ -1,6 +1,7 @@
 """Sensors: launch a run per requested session, write session outcomes back, and launch a sync
 when rows are pending."""
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -98,9 +99,19 @@ def _unlaunched_pending(instance: dg.DagsterInstance, store: SessionStore) -> li
     return found[:SESSIONS_PER_TICK]
 
 
-def _session_of(context: dg.RunStatusSensorContext) -> int | None:
+def _record_outcome(
+    context: dg.RunStatusSensorContext,
+    postgres: PostgresResource,
+    schema: str,
+    write: Callable[[SessionStore, int, str], object],
+) -> dg.SkipReason | None:
+    """Apply `write(store, session_id, run_id)` if the run serves a session."""
     tag = context.dagster_run.tags.get(SESSION_TAG)
-    return int(tag) if tag else None
+    if not tag:
+        return dg.SkipReason("not a session run")
+    with postgres.connect() as conn:
+        write(SessionStore(conn, schema), int(tag), context.dagster_run.run_id)
+    return None
 
 
 def session_outcomes(project: ProjectConfig, job: "AssetJob") -> list[dg.SensorDefinition]:
@@ -117,12 +128,9 @@ def session_outcomes(project: ProjectConfig, job: "AssetJob") -> list[dg.SensorD
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def completed(context: dg.RunStatusSensorContext, postgres: PostgresResource):
-        session_id = _session_of(context)
-        if session_id is None:
-            return dg.SkipReason("not a session run")
-        with postgres.connect() as conn:
-            SessionStore(conn, schema).complete(session_id)
-        return None
+        return _record_outcome(
+            context, postgres, schema, lambda store, session, _run: store.complete(session)
+        )
 
     @dg.run_failure_sensor(
         name="embedding_session_failed",
@@ -131,19 +139,17 @@ def session_outcomes(project: ProjectConfig, job: "AssetJob") -> list[dg.SensorD
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def failed(context: dg.RunFailureSensorContext, postgres: PostgresResource):
-        session_id = _session_of(context)
-        if session_id is None:
-            return dg.SkipReason("not a session run")
+        # A step that failed has already written its own, more precise message; this one only
+        # lands when nothing else did (a killed worker, a crash before any step ran).
         reason = context.failure_event.message or "the run failed"
-        with postgres.connect() as conn:
-            # A step that failed has already written its own, more precise message; this only
-            # lands when nothing else did.
-            SessionStore(conn, schema).fail(
-                session_id,
-                redact(f"run {context.dagster_run.run_id}: {reason}", project),
-                context.dagster_run.run_id,
-            )
-        return None
+        return _record_outcome(
+            context,
+            postgres,
+            schema,
+            lambda store, session, run: store.fail(
+                session, redact(f"run {run}: {reason}", project), run
+            ),
+        )
 
     @dg.run_status_sensor(
         name="embedding_session_canceled",
@@ -153,13 +159,12 @@ def session_outcomes(project: ProjectConfig, job: "AssetJob") -> list[dg.SensorD
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def canceled(context: dg.RunStatusSensorContext, postgres: PostgresResource):
-        session_id = _session_of(context)
-        if session_id is None:
-            return dg.SkipReason("not a session run")
-        run_id = context.dagster_run.run_id
-        with postgres.connect() as conn:
-            SessionStore(conn, schema).fail(session_id, f"run {run_id} was canceled", run_id)
-        return None
+        return _record_outcome(
+            context,
+            postgres,
+            schema,
+            lambda store, session, run: store.fail(session, f"run {run} was canceled", run),
+        )
 
     return [completed, failed, canceled]
 
