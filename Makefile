@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format dev clean
+.PHONY: install demo test bench lint format dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# Benchmarks (outside the test suite; needs PostgreSQL on 127.0.0.1:5432, ~12 min on 2 cores):
+# prints a table and writes BENCHMARKS.md. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check vector_pipeline vector_pipeline_tests
-	$(BIN)/ruff format --check vector_pipeline vector_pipeline_tests
+	$(BIN)/ruff check vector_pipeline vector_pipeline_tests benchmarks
+	$(BIN)/ruff format --check vector_pipeline vector_pipeline_tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format vector_pipeline vector_pipeline_tests
-	$(BIN)/ruff check --fix vector_pipeline vector_pipeline_tests
+	$(BIN)/ruff format vector_pipeline vector_pipeline_tests benchmarks
+	$(BIN)/ruff check --fix vector_pipeline vector_pipeline_tests benchmarks
 
 dev: $(STAMP)
 	$(BIN)/vector-pipeline dev

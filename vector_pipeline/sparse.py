@@ -45,9 +45,10 @@ _CAPITAL_SIGMA = "\u03a3"
 # fastembed's token_max_length default: longer tokens are dropped, not truncated.
 _TOKEN_MAX_LENGTH = 40
 
-# Bound on the per-instance token -> stem cache. Natural-language vocabularies are far
-# smaller; the bound only stops pathological input (hashes, random ids) growing memory.
-_STEM_CACHE_MAX = 500_000
+# Bound on the per-instance token -> stem cache. A language's working vocabulary fits well
+# inside it; text full of unique tokens (ids, hashes) refills it instead of growing memory.
+# At 500k entries the cache alone added ~78 MiB to a 1M-row sync (BENCHMARKS.md, part d).
+_STEM_CACHE_MAX = 100_000
 
 
 def load_stopwords(path: Path = _STOPWORDS_FILE) -> frozenset[str]:

@@ -1,0 +1,1 @@
+"""Benchmarks for vector_pipeline, run by `make bench` (outside the test suite)."""
