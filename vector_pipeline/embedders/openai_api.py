@@ -214,39 +214,44 @@ class OpenAIEmbedder:
     def _read(
         self, raw: Any, expected: int
     ) -> tuple[list[list[float]], int | None] | EmbeddingAnswerError:
-        """Vectors and reported tokens from a raw response, or why the answer is unusable."""
+        """Vectors and reported tokens from a raw response, or why the answer is unusable.
+
+        The body is read as plain JSON, not through the SDK's response models: building a
+        pydantic object per float costs ~2 ms per 1536-d vector under the GIL, which capped
+        concurrent requests (BENCHMARKS.md, parts a and e).
+        """
         try:
-            response = raw.parse()
+            body = raw.http_response.json()
         except ValueError as exc:  # json's error on a body that is not JSON
             return EmbeddingAnswerError(
                 f"{self._who()} answered with a body that is not valid JSON ({exc})"
             )
         try:
-            vectors = self._validate(response, expected)
+            vectors = self._validate(body, expected)
         except EmbeddingAnswerError as exc:
             return exc
-        usage = getattr(response, "usage", None)
-        used = getattr(usage, "total_tokens", None)
+        usage = body.get("usage") if isinstance(body, dict) else None
+        used = usage.get("total_tokens") if isinstance(usage, dict) else None
         return vectors, used if isinstance(used, int) else None
 
-    def _validate(self, response: Any, expected: int) -> list[list[float]]:
+    def _validate(self, body: Any, expected: int) -> list[list[float]]:
         """The vectors in input order, or EmbeddingAnswerError if they cannot be trusted."""
-        data = getattr(response, "data", None)
+        data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or len(data) != expected:
             got = len(data) if isinstance(data, list) else "no"
             raise EmbeddingAnswerError(
                 f"{self._who()} returned {got} vectors for {expected} inputs; refusing to guess "
                 "which vector belongs to which text"
             )
-        indexes = [getattr(item, "index", None) for item in data]
+        indexes = [item.get("index") if isinstance(item, dict) else None for item in data]
         if sorted(indexes, key=lambda i: i if isinstance(i, int) else -1) != list(range(expected)):
             raise EmbeddingAnswerError(
                 f"{self._who()} returned vectors with indexes {indexes[:10]}..., "
                 f"not 0..{expected - 1}"
             )
-        ordered = sorted(data, key=lambda item: item.index)
+        ordered = sorted(data, key=lambda item: item["index"])
         for position, item in enumerate(ordered):
-            embedding = getattr(item, "embedding", None)
+            embedding = item.get("embedding")
             if not isinstance(embedding, list) or len(embedding) != self.dimensions:
                 size = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
                 raise EmbeddingAnswerError(
@@ -255,7 +260,7 @@ class OpenAIEmbedder:
                     f"(and `send_dimensions:` if the model has a fixed size)"
                 )
         try:
-            matrix = np.asarray([item.embedding for item in ordered], dtype=np.float64)
+            matrix = np.asarray([item["embedding"] for item in ordered], dtype=np.float64)
         except (TypeError, ValueError):
             raise EmbeddingAnswerError(
                 f"{self._who()} returned non-numeric vector values"
