@@ -1,10 +1,12 @@
 """The sync engine: bring one table's collection for one model up to date.
 
 Plain Python with no Dagster import: the Dagster asset and the CLI both call `sync_table`, so
-they run the same code. The loop is read a batch -> embed (dense and sparse) -> upsert and wait
--> mark, with a commit per batch. A row is marked only after its point is written and only if
-its text is unchanged since it was read, so a crash at any point loses nothing (the row stays
-pending and its deterministic point id is overwritten on the next run) and never marks stale text.
+they run the same code. Under the table-and-collection lock it first drains the tombstones of
+deleted rows, then runs a pipeline: read a batch -> embed (dense and sparse, on worker threads)
+-> upsert and wait -> mark, with a commit per batch. A row is marked only after its point is
+written and only if its text is unchanged since it was read, so a crash at any point loses
+nothing (the row stays pending and its deterministic point id is overwritten on the next run)
+and never marks stale text.
 """
 
 from __future__ import annotations
