@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import load_config
+from vector_pipeline.config import ProjectConfig, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import EmbeddingError
 from vector_pipeline.embedders.rate_limit import RateLimiter, parse_reset
@@ -16,6 +16,24 @@ from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_c
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
 
 
+def api_project(conn, schema, tmp_path, server, **settings: int) -> ProjectConfig:
+    """A set-up project whose default model is the loopback API with `settings`."""
+    extra = "".join(f"  {key}: {value}\n" for key, value in settings.items())
+    config = load_config(
+        write_config(
+            tmp_path / "c",
+            schema,
+            default="api",
+            extra_models=(
+                "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
+                f"  api_key: ${{VP_CONCURRENCY_KEY}}\n  base_url: {server.url}\n{extra}"
+            ),
+        )
+    )
+    setup_database(conn, config)
+    return config
+
+
 @pytest.mark.parametrize("in_flight", [1, 4])
 def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
     conn, schema, tmp_path, qdrant_path, monkeypatch, in_flight
@@ -23,23 +41,7 @@ def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
     monkeypatch.setenv("VP_CONCURRENCY_KEY", "k")
     create_doc_table(conn, schema, 160)
     with FakeOpenAIServer(api_key="k", dimensions=8, latency=0.15) as server:
-        config = load_config(
-            write_config(
-                tmp_path / "c",
-                schema,
-                default="api",
-                extra_models=f"""\
-                api:
-                  provider: openai
-                  id: text-embedding-3-small
-                  dimensions: 8
-                  api_key: ${{VP_CONCURRENCY_KEY}}
-                  base_url: {server.url}
-                  max_concurrent_requests: {in_flight}
-                """,
-            )
-        )
-        setup_database(conn, config)
+        config = api_project(conn, schema, tmp_path, server, max_concurrent_requests=in_flight)
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
             result = sync_model(config, conn, qdrant, batch_size=10)
             points = qdrant.count(result.collection, exact=True).count
@@ -64,24 +66,9 @@ def test_a_persistent_fault_with_requests_in_flight_marks_only_written_rows(
     create_doc_table(conn, schema, 300)
     with FakeOpenAIServer(api_key="k", dimensions=8, latency=0.05) as server:
         server.fail_always(Fault.http_status(500), after=5)
-        config = load_config(
-            write_config(
-                tmp_path / "c",
-                schema,
-                default="api",
-                extra_models=f"""\
-                api:
-                  provider: openai
-                  id: text-embedding-3-small
-                  dimensions: 8
-                  api_key: ${{VP_CONCURRENCY_KEY}}
-                  base_url: {server.url}
-                  max_concurrent_requests: 4
-                  max_retries: 1
-                """,
-            )
+        config = api_project(
+            conn, schema, tmp_path, server, max_concurrent_requests=4, max_retries=1
         )
-        setup_database(conn, config)
         table = config.tables.tables[0]
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
             with pytest.raises(EmbeddingError, match="HTTP 500"):
