@@ -22,6 +22,7 @@ the benchmarked process's GIL; the parent reads its URL from the first line of s
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import signal
 import socket
@@ -41,11 +42,14 @@ POOL = 256
 
 
 @cache
-def _pool(dimensions: int) -> tuple[bytes, ...]:
-    """JSON arrays of `POOL` fixed unit vectors of `dimensions` floats."""
+def _pool(dimensions: int, base64_wanted: bool) -> tuple[bytes, ...]:
+    """`POOL` fixed unit vectors of `dimensions` floats, each ready to paste into an answer: a
+    JSON array, or a JSON string of base64 float32 (`encoding_format: base64`)."""
     rng = np.random.default_rng(dimensions)
     matrix = rng.standard_normal((POOL, dimensions))
     matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    if base64_wanted:
+        return tuple(b'"%s"' % base64.b64encode(row.astype("<f4").tobytes()) for row in matrix)
     return tuple(json.dumps(row.tolist()).encode() for row in matrix)
 
 
@@ -94,7 +98,7 @@ class _BenchHandler(_Handler):
         self.fake._count(len(inputs))
         self.fake._wait(settings.latency)
         dimensions = body.get("dimensions") or settings.dimensions
-        pool = _pool(dimensions)
+        pool = _pool(dimensions, body.get("encoding_format") == "base64")
         items = b",".join(
             b'{"object":"embedding","index":%d,"embedding":%s}'
             % (index, pool[zlib.crc32(text.encode()) % POOL])
@@ -234,7 +238,8 @@ def main() -> None:
         api_key=args.api_key, latency=args.latency, dimensions=args.dimensions
     )
     server.start()
-    _pool(args.dimensions)
+    for base64_wanted in (False, True):
+        _pool(args.dimensions, base64_wanted)
     print(server.url, flush=True)
     try:
         sys.stdin.read()  # until the parent closes our stdin (or dies)

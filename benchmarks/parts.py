@@ -1,4 +1,4 @@
-"""The six measurements (a-f) of the benchmark; each returns rows for the results table.
+"""The seven measurements (a-g) of the benchmark; each returns rows for the results table.
 
 Every part creates its own tables in the run's throwaway schema and drives the engine only
 through `sync_configured_table` (plus `SourceTable` for PostgreSQL-only probes), so it measures
@@ -71,6 +71,10 @@ class Sizes:
     inputs_per_request: int = 4
     incremental_rows: int = 100_000
     edit_percent: float = 1.0
+    workers: tuple[int, ...] = (1, 2, 4)
+    workers_rows: int = 2_000
+    workers_batch: int = 8
+    workers_dimensions: int = 64
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -86,6 +90,7 @@ class Sizes:
             rss_big=50_000,
             concurrency_rows=100,
             incremental_rows=5_000,
+            workers_rows=200,
         )
 
 
@@ -803,3 +808,123 @@ def part_f(ws: Workspace, sizes: Sizes) -> list[Result]:
             "; ".join(misses),
         ),
     ]
+
+
+def part_g(ws: Workspace, sizes: Sizes, api: FakeApiProcess) -> list[Result]:
+    """1, 2 and 4 worker processes share one table and model through claims.
+
+    Each worker keeps one request in flight (max_concurrent_requests 1), so one worker is
+    bound by the API's latency, as a single sync of a slow or rate-limited API is; workers are
+    how that scales past one process or machine. Each has its own in-memory Qdrant; their
+    points must add up to every row exactly once.
+    """
+    rows, batch = sizes.workers_rows, sizes.workers_batch
+    runs: list[tuple[int, float, dict[str, int], list[dict[str, Any]]]] = []
+    for n in sizes.workers:
+        name = f"g_workers_{n}"
+        model, notes = openai_model(
+            api.url,
+            sizes.workers_dimensions,
+            max_inputs_per_request=batch,
+            max_concurrent_requests=1,
+        )
+        ws.create_table(name, rows)
+        target = Target(ws.project(name, {"api": model}), "api")
+        api.reset()
+        seconds, reports = _run_workers(ws, target, n, batch)
+        stats = api.stats()
+        embedded = sum(report["embedded"] for report in reports)
+        points = sum(report["points"] for report in reports)
+        marked = ws.conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE NOT {}").format(
+                sql.Identifier(ws.schema, name),
+                pending_condition(collection_name_for(name, target.model.id)),
+            )
+        ).fetchone()[0]
+        if not (embedded == points == marked == stats["inputs"] == rows):
+            raise RuntimeError(
+                f"{n} workers: embedded {embedded}, points {points}, marked {marked}, "
+                f"API inputs {stats['inputs']}, of {rows} rows"
+            )
+        runs.append((n, rows / seconds, stats, reports))
+
+    setup = (
+        f"openai model, {sizes.workers_dimensions}-d, {batch} rows per batch and request, one "
+        f"request in flight per worker, loopback API {sizes.api_latency * 1000:.0f} ms/request; "
+        f"{_n(rows)} rows; one process per worker, each with its own Qdrant (:memory:)"
+    )
+    results: list[Result] = []
+    single = runs[0][1]
+    for n, rate, stats, reports in runs:
+        shares = ", ".join(_n(report["embedded"]) for report in reports)
+        measured = (
+            f"{fmt_rate(rate)}"
+            + (f" = {rate / single:.2f}x one worker" if n > 1 else "")
+            + f"; rows per worker {shares}; every row embedded once "
+            f"({_n(stats['inputs'])} API inputs, max {stats['max_in_flight']} in flight)"
+        )
+        if n == 1:
+            results.append(Result("g", "1 worker", setup, "baseline", measured, None))
+            continue
+        met = rate >= 0.8 * n * single and stats["max_in_flight"] <= n
+        results.append(
+            Result(
+                "g",
+                f"{n} workers",
+                setup,
+                f">= {0.8 * n:.1f}x one worker ({fmt_rate(0.8 * n * single)}); each row once",
+                measured,
+                met,
+                "" if met else f"{rate / single:.2f}x instead of {0.8 * n:.1f}x",
+            )
+        )
+    return results
+
+
+def _run_workers(
+    ws: Workspace, target: Target, n: int, batch: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """Start `n` worker processes, release them at once, and time until the last finishes."""
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.worker_child",
+        "--database-url",
+        ws.url,
+        "--config-dir",
+        str(target.project.config_dir),
+        "--model",
+        target.model_key,
+        "--batch-size",
+        str(batch),
+    ]
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    try:
+        for worker in workers:
+            if worker.stdout is None or worker.stdout.readline().strip() != "ready":
+                raise RuntimeError("a worker did not start; see its stderr above")
+        go = time.time()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        reports = []
+        for worker in workers:
+            out, _ = worker.communicate(timeout=1800)
+            if worker.returncode != 0:
+                raise RuntimeError(f"a worker failed (exit {worker.returncode})")
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    return max(report["finished"] for report in reports) - go, reports

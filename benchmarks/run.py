@@ -1,4 +1,4 @@
-"""Benchmark the sync engine (parts a-f), print a results table and write BENCHMARKS.md.
+"""Benchmark the sync engine (parts a-g), print a results table and write BENCHMARKS.md.
 
     make bench                                  # the full run (~12 minutes on 2 cores)
     python -m benchmarks.run --quick            # a smoke run with small sizes (~1-2 minutes)
@@ -43,7 +43,7 @@ from benchmarks.common import (
 )
 from benchmarks.fake_api import FakeApiProcess
 
-PARTS = "abcdef"
+PARTS = "abcdefg"
 TITLES = {
     "a": "End-to-end throughput against the reference design's row-at-a-time loop",
     "b": "Efficiency against the pipeline's own limit (each stage alone)",
@@ -51,6 +51,7 @@ TITLES = {
     "d": "Peak RSS: 100k rows against 1M rows",
     "e": "API-bound throughput with N requests in flight",
     "f": "Incremental cost after editing 1% of the rows",
+    "g": "Scale-out: 1, 2 and 4 workers sharing one table and model",
 }
 
 
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Workspace(url) as ws:
             log(f"schema {ws.schema} in {url.rsplit('@', 1)[-1]}; temp folder {ws.tmp}")
-            if {"a", "e"} & set(selected):
+            if {"a", "e", "g"} & set(selected):
                 api = FakeApiProcess(
                     api_key=API_KEY, latency=sizes.api_latency, dimensions=sizes.api_dimensions
                 )
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 "d": lambda: parts.part_d(ws, sizes),
                 "e": lambda: parts.part_e(ws, sizes, api),
                 "f": lambda: parts.part_f(ws, sizes),
+                "g": lambda: parts.part_g(ws, sizes, api),
             }
             for part in selected:
                 log(f"({part}) {TITLES[part]} ...")

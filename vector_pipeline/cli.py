@@ -207,7 +207,7 @@ def repair(
                 schema = config.tables.schema_for(table)
                 collection = collection_name_for(table.collection_base, model_config.id)
                 # Held throughout, so no sync of this table and collection runs in between
-                # (the sync below takes the same lock again; advisory locks nest).
+                # (held exclusively; the sync below takes it shared, as its holder may).
                 with collection_lock(conn, schema, table, collection):
                     report = reconcile(conn, qdrant, table, schema, collection)
                     click.echo(

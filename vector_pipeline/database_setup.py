@@ -21,6 +21,7 @@ RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
 SESSION_TABLE = "embedding_session"
 TOMBSTONE_TABLE = "vector_pipeline_tombstone"
 SKIP_TABLE = "vector_pipeline_skip"
+CLAIM_TABLE = "vector_pipeline_claim"
 DELETE_FUNCTION = "vector_pipeline_record_delete"
 DELETE_TRIGGER = "vector_pipeline_record_delete"
 TRUNCATE_FUNCTION = "vector_pipeline_record_truncate"
@@ -124,7 +125,9 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
         if _ensure_session_table(conn, tables.schema_):
             done.append(f"created {tables.schema_}.{SESSION_TABLE}")
         if _ensure_state_tables(conn, tables.schema_):
-            done.append(f"created {tables.schema_}.{TOMBSTONE_TABLE} and {SKIP_TABLE}")
+            done.append(
+                f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE} and {CLAIM_TABLE}"
+            )
         for table in tables.tables:
             _ensure_delete_triggers(conn, tables.schema_for(table), tables.schema_, table)
             done.append(
@@ -267,8 +270,9 @@ def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
 
 
 def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
-    """The tombstones the sync drains (deletes) and the rows it skipped (with why)."""
-    exists = bool(table_columns(conn, schema, TOMBSTONE_TABLE))
+    """The tombstones the sync drains (deletes), the rows it skipped (with why), and the rows
+    workers have claimed (see `claims.py`)."""
+    exists = bool(table_columns(conn, schema, CLAIM_TABLE))
     conn.execute(
         sql.SQL(
             """
@@ -290,8 +294,20 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 skipped_at  timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (table_name, collection, row_key)
             );
+            -- Unlogged: a claim only means something while its worker's session lives, and a
+            -- server crash ends every session, so there is nothing to keep and no WAL to write.
+            CREATE UNLOGGED TABLE IF NOT EXISTS {claims} (
+                table_name    text NOT NULL,
+                collection    text NOT NULL,
+                row_key       text NOT NULL,                -- the key as `key::text`
+                pid           integer NOT NULL,             -- the claiming session ...
+                backend_start timestamptz NOT NULL,         -- ... (pids are reused)
+                claimed_at    timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (table_name, collection, row_key)
+            );
             """
         ).format(
+            claims=sql.Identifier(schema, CLAIM_TABLE),
             tombstones=sql.Identifier(schema, TOMBSTONE_TABLE),
             tombstone_index=sql.Identifier(f"{TOMBSTONE_TABLE}_table_idx"),
             skips=sql.Identifier(schema, SKIP_TABLE),

@@ -7,6 +7,7 @@ import dagster as dg
 from vector_pipeline.config import ProjectConfig, load_config
 from vector_pipeline.orchestration.assets import sync_job, table_assets
 from vector_pipeline.orchestration.checks import reconciliation_checks
+from vector_pipeline.orchestration.executors import build_executor
 from vector_pipeline.orchestration.resources import (
     EmbeddingsResource,
     PostgresResource,
@@ -32,6 +33,7 @@ def build_definitions(
         assets=table_assets(config),
         asset_checks=reconciliation_checks(config),
         jobs=[job],
+        executor=build_executor(config.orchestration.scale_out),
         schedules=[incremental_sync_schedule(config, job)],
         sensors=[
             session_launcher(config, job),

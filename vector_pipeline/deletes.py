@@ -1,10 +1,10 @@
 """Deletes: drain the tombstones that DELETE and TRUNCATE triggers leave, from every collection.
 
 Each tombstone remembers which collections it has been cleaned from. A sync of a table cleans
-its own collection and every other collection of that table that no sync is writing at the
-moment (it takes that collection's lock without waiting); a collection being synced elsewhere
-is cleaned by that sync. This keeps a drain from deleting a point that a concurrent sync has
-just written for a re-inserted row with the same key. A tombstone goes away once every
+its own collection and every other collection of that table that `repair` is not working on.
+Before it deletes the point of a key that is gone it claims the key (see `claims.py`), so it
+never races a worker writing a point for a re-inserted row with the same key: a key that a
+worker holds keeps its tombstone until a later drain. A tombstone goes away once every
 configured collection is clean of it; until then a crash only means the delete is redone.
 """
 
@@ -36,26 +36,31 @@ def _lock_key(schema: str, table: TableConfig, collection: str) -> str:
 
 @contextmanager
 def collection_lock(
-    conn: psycopg.Connection, schema: str, table: TableConfig, collection: str, logger: Any = log
+    conn: psycopg.Connection,
+    schema: str,
+    table: TableConfig,
+    collection: str,
+    logger: Any = log,
+    *,
+    shared: bool = False,
 ) -> Iterator[None]:
-    """Hold the (table, collection) lock for a whole sync; waits for another holder.
+    """Hold the (table, collection) lock; waits for a conflicting holder.
 
-    A session-level advisory lock: PostgreSQL releases it if the process dies, so a crashed
-    sync never leaves it behind.
+    Syncs hold it shared, so several share the work; `repair` holds it exclusively, so no sync
+    marks rows while it compares and fixes. A session-level advisory lock: PostgreSQL releases
+    it if the process dies, so a crashed sync never leaves it behind.
     """
+    mode = "_shared" if shared else ""
     key = _lock_key(schema, table, collection)
-    (got,) = conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()
+    (got,) = conn.execute(f"SELECT pg_try_advisory_lock{mode}(hashtext(%s))", (key,)).fetchone()
     if not got:
-        logger.info(f"another sync of {table.name} into {collection} is running; waiting for it")
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+        holder = "a repair" if shared else "another sync or repair"
+        logger.info(f"{holder} of {table.name} in {collection} is running; waiting for it")
+        conn.execute(f"SELECT pg_advisory_lock{mode}(hashtext(%s))", (key,))
     try:
         yield
     finally:
-        conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
-
-
-def _try_lock(conn: psycopg.Connection, key: str) -> bool:
-    return conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]
+        conn.execute(f"SELECT pg_advisory_unlock{mode}(hashtext(%s))", (key,))
 
 
 def drain_tombstones(
@@ -74,13 +79,18 @@ def drain_tombstones(
     all_collections = sorted({own_collection, *collections})
     for collection in all_collections:
         key = _lock_key(source.schema, table, collection)
-        if collection != own_collection and not _try_lock(conn, key):
-            continue  # a sync of that collection is running and will clean it itself
+        if (
+            collection != own_collection
+            and not conn.execute(
+                "SELECT pg_try_advisory_lock_shared(hashtext(%s))", (key,)
+            ).fetchone()[0]
+        ):
+            continue  # `repair` is working on that collection; a later drain cleans it
         try:
             _clean_collection(source, qdrant, tombstones, collection)
         finally:
             if collection != own_collection:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+                conn.execute("SELECT pg_advisory_unlock_shared(hashtext(%s))", (key,))
     finished = conn.execute(
         sql.SQL("DELETE FROM {} WHERE table_name = %s AND cleaned @> %s::jsonb").format(tombstones),
         (table.name, json.dumps(all_collections)),
@@ -94,41 +104,62 @@ def _clean_collection(
     conn, table = source.conn, source.config
     marker = json.dumps([collection])
     exists = qdrant.collection_exists(collection)
+    after = 0
     while True:
         page = conn.execute(
             sql.SQL(
                 "SELECT id, row_key, truncated FROM {} WHERE table_name = %s "
-                "AND NOT cleaned @> %s::jsonb ORDER BY id LIMIT %s"
+                "AND NOT cleaned @> %s::jsonb AND id > %s ORDER BY id LIMIT %s"
             ).format(tombstones),
-            (table.name, marker, PAGE),
+            (table.name, marker, after, PAGE),
         ).fetchall()
         if not page:
             return
+        after = page[-1][0]
+        held: set[Any] = set()
         if exists:
             if any(truncated for _, _, truncated in page):
                 for keys in _point_row_ids(qdrant, table, collection):
-                    _delete_gone(source, qdrant, collection, keys)
+                    held |= _delete_gone(source, qdrant, collection, keys)
             else:
-                _delete_gone(source, qdrant, collection, [key for _, key, _ in page])
+                held = _delete_gone(source, qdrant, collection, [key for _, key, _ in page])
         failpoint("after_tombstone_delete")
-        # Recorded only after Qdrant applied the deletes: a crash in between redoes them.
+        # Recorded only after Qdrant applied the deletes: a crash in between redoes them. A
+        # truncate with any key held by a worker waits for a later drain, as does that key.
+        done = [
+            id_
+            for id_, key, truncated in page
+            if not (held and truncated) and (key is None or key not in held)
+        ]
         conn.execute(
             sql.SQL("UPDATE {} SET cleaned = cleaned || %s::jsonb WHERE id = ANY(%s)").format(
                 tombstones
             ),
-            (marker, [row[0] for row in page]),
+            (marker, done),
         )
 
 
 def _delete_gone(
     source: SourceTable, qdrant: QdrantClient, collection: str, keys: list[Any]
-) -> None:
-    # A key that exists again belongs to a re-inserted row: it is pending (its point will be
-    # overwritten) or already synced with its new text, so its point stays.
-    present = source.existing_keys(keys)
-    gone = [key for key in keys if key not in present]
-    table = source.config
-    delete_points(qdrant, collection, [point_id(table.data_type, key, collection) for key in gone])
+) -> set[Any]:
+    """Delete the points of `keys` whose rows are gone; return the keys a worker holds.
+
+    A key that exists again belongs to a re-inserted row: it is pending (its point will be
+    overwritten) or already synced with its new text, so its point stays. The claims keep a
+    re-inserted row from being embedded between the existence check and the delete.
+    """
+    claims, table = source.claims, source.config
+    claimed = claims.claim_keys(collection, keys)
+    try:
+        present = source.existing_keys(claimed)
+        gone = [key for key in claimed if key not in present]
+        delete_points(
+            qdrant, collection, [point_id(table.data_type, key, collection) for key in gone]
+        )
+    finally:
+        claims.release(collection, claimed)
+    got = set(claimed)
+    return {key for key in keys if key not in got}
 
 
 def _point_row_ids(

@@ -17,8 +17,10 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from vector_pipeline.claims import Claims
 from vector_pipeline.config import ProjectConfig, TableConfig
 from vector_pipeline.database_setup import (
+    CLAIM_TABLE,
     EMBEDDED_IN,
     SKIP_TABLE,
     SetupError,
@@ -30,6 +32,8 @@ from vector_pipeline.database_setup import (
 from vector_pipeline.failpoints import failpoint
 
 VERSION = "__vector_pipeline_version"
+KEY_TEXT = "__vector_pipeline_key"
+MINE = "__vector_pipeline_mine"
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,19 @@ class SourceTable:
         state = state_schema or schema
         self._skips = sql.Identifier(state, SKIP_TABLE)
         columns = check_table(conn, schema, table)
-        if EMBEDDED_IN not in columns or not table_columns(conn, state, SKIP_TABLE):
+        missing = [
+            name
+            for name, present in (
+                (f"{EMBEDDED_IN} column", EMBEDDED_IN in columns),
+                (f"{state}.{SKIP_TABLE}", table_columns(conn, state, SKIP_TABLE)),
+                (f"{state}.{CLAIM_TABLE}", table_columns(conn, state, CLAIM_TABLE)),
+            )
+            if not present
+        ]
+        if missing:
             raise SetupError(
-                f"{schema}.{table.table} is not set up for syncing (no {EMBEDDED_IN} column or "
-                f"no {state}.{SKIP_TABLE}); run `vector-pipeline init-db`"
+                f"{schema}.{table.table} is not set up for syncing (no {', '.join(missing)}); "
+                "run `vector-pipeline init-db`"
             )
         self._relation = sql.Identifier(schema, table.table)
         self._pk = sql.Identifier(table.primary_key)
@@ -86,6 +99,7 @@ class SourceTable:
             sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.text_columns
         )
         self._version = sql.SQL("md5(ROW({})::text)").format(text_columns)
+        self.claims = Claims(conn, state, table.name, self._pk_type)
 
     @classmethod
     def for_config(
@@ -113,53 +127,74 @@ class SourceTable:
         )
 
     def pending_batches(self, collection: str, batch_size: int) -> Iterator[list[SourceRow]]:
-        """Pending rows in key order, `batch_size` at a time, each read in its own transaction."""
+        """Claim and read pending rows in key order, `batch_size` at a time (see `claims.py`).
+
+        Each batch is one autocommit statement: no transaction stays open while it is embedded.
+        Rows claimed by other workers are passed over; the caller releases its claims when it
+        marks the rows (`mark_embedded`) or gives up (`Claims.release_all`).
+        """
         selected = sql.SQL(", ").join(
             sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.selected_columns
         )
-        base = "SELECT {selected}, {version} AS {version_name} FROM {relation} AS t "
-        first = sql.SQL(base + "WHERE {pending} ORDER BY t.{pk} LIMIT %(limit)s")
-        after = sql.SQL(
-            base + "WHERE {pending} AND t.{pk} > %(after)s ORDER BY t.{pk} LIMIT %(limit)s"
-        )
+        key_text = sql.Identifier(KEY_TEXT)
+        template = """
+            WITH picked AS (
+                SELECT {selected}, {version} AS {version_name}, t.{pk}::text AS {key_text}
+                FROM {relation} AS t
+                WHERE {pending} AND {unclaimed} %s
+                ORDER BY t.{pk} LIMIT %%(limit)s
+                FOR NO KEY UPDATE OF t SKIP LOCKED
+            ), claimed AS ({claim})
+            SELECT picked.*, claimed.row_key IS NOT NULL AS {mine}
+            FROM picked LEFT JOIN claimed ON claimed.row_key = picked.{key_text}
+            ORDER BY picked.{pk}
+            """
         parts = {
             "selected": selected,
             "version": self._version,
             "version_name": sql.Identifier(VERSION),
+            "key_text": key_text,
             "relation": self._relation,
             "pending": self._waiting(collection),
+            "unclaimed": self.claims.unclaimed(collection, sql.SQL("t.{}::text").format(self._pk)),
             "pk": self._pk,
+            "claim": self.claims.insert(collection, sql.Identifier("picked"), key_text),
+            "mine": sql.Identifier(MINE),
         }
+        # Two statements rather than `(after IS NULL OR key > after)`, which a generic plan
+        # could not turn into an index range.
+        query = sql.SQL(template % "").format(**parts)
+        next_query = sql.SQL(template % "AND t.{pk} > %(after)s").format(**parts)
         params: dict[str, Any] = {"limit": batch_size}
-        query = first.format(**parts)
-        next_query = after.format(**parts)
         while True:
             with self.conn.cursor(row_factory=dict_row) as cursor:
                 records = cursor.execute(query, params).fetchall()
             if not records:
                 return
-            batch = [
-                SourceRow(
-                    key=record[self.config.primary_key],
-                    version=record.pop(VERSION),
-                    values=record,
-                )
-                for record in records
-            ]
-            yield batch
+            batch = []
+            for record in records:
+                # A row another worker claimed in the same instant is that worker's to embed.
+                mine = record.pop(MINE)
+                del record[KEY_TEXT]
+                version = record.pop(VERSION)
+                if mine:
+                    batch.append(SourceRow(record[self.config.primary_key], version, record))
+            if batch:
+                yield batch
             if len(records) < batch_size:
                 return
             query = next_query
-            params = {**params, "after": batch[-1].key}
+            params = {**params, "after": records[-1][self.config.primary_key]}
 
-    def mark_embedded(self, collection: str, rows: Sequence[SourceRow]) -> int:
-        """Add `collection` to `embedded_in` of rows whose text is still as read, and commit.
+    def mark_embedded(
+        self, collection: str, rows: Sequence[SourceRow], release: Sequence[SourceRow] = ()
+    ) -> int:
+        """Add `collection` to `embedded_in` of rows whose text is still as read, release the
+        claims on `release` (the whole batch), and commit.
 
         Returns how many rows were marked. A row edited since it was read fails the version
         check and stays pending; its point is overwritten by the next sync.
         """
-        if not rows:
-            return 0
         query = sql.SQL(
             """
             UPDATE {relation} AS t
@@ -178,36 +213,45 @@ class SourceTable:
             version=self._version,
             pending=pending_condition(collection),
         )
+        marked = 0
         with self.conn.transaction():
-            cursor = self.conn.execute(
-                query,
-                {
-                    "keys": [row.key for row in rows],
-                    "versions": [row.version for row in rows],
-                },
-            )
-            failpoint("mark_before_commit")
-            # Rows skipped before that now have a point are skipped no more.
-            self.conn.execute(
-                sql.SQL(
-                    "DELETE FROM {} WHERE table_name = %s AND collection = %s "
-                    "AND row_key = ANY(%s::text[])"
-                ).format(self._skips),
-                (self.config.name, collection, [str(row.key) for row in rows]),
-            )
-        return cursor.rowcount
+            if rows:
+                marked = self.conn.execute(
+                    query,
+                    {
+                        "keys": [row.key for row in rows],
+                        "versions": [row.version for row in rows],
+                    },
+                ).rowcount
+                failpoint("mark_before_commit")
+                # Rows skipped before that now have a point are skipped no more.
+                self.conn.execute(
+                    sql.SQL(
+                        "DELETE FROM {} WHERE table_name = %s AND collection = %s "
+                        "AND row_key = ANY(%s::text[])"
+                    ).format(self._skips),
+                    (self.config.name, collection, [str(row.key) for row in rows]),
+                )
+            # In the same transaction as the mark: other workers see the claim or the mark.
+            self.claims.release(collection, [row.key for row in release])
+        return marked
 
     def counts(self, collection: str) -> TableCounts:
+        """Rows in all, embedded and skipped. Three cheap counts rather than one filtered scan:
+        the total can come from the primary key's index, the pending rows from the partial
+        index (time in the pending rows), the skips from the skip table."""
+        # One statement, so one snapshot: the three agree with each other.
         query = sql.SQL(
-            "SELECT count(*), count(*) FILTER (WHERE NOT {pending}), "
-            "count(*) FILTER (WHERE {pending} AND NOT ({waiting})) FROM {relation} AS t"
+            "SELECT (SELECT count(*) FROM {relation}), "
+            "(SELECT count(*) FROM {relation} AS t WHERE {pending} AND NOT ({waiting})), "
+            "(SELECT count(*) FROM {relation} AS t WHERE {waiting})"
         ).format(
+            relation=self._relation,
             pending=pending_condition(collection),
             waiting=self._waiting(collection),
-            relation=self._relation,
         )
-        total, embedded, skipped = self.conn.execute(query).fetchone()
-        return TableCounts(total=total, embedded=embedded, skipped=skipped)
+        total, skipped, pending = self.conn.execute(query).fetchone()
+        return TableCounts(total=total, embedded=total - pending - skipped, skipped=skipped)
 
     def pending_count(self, collection: str) -> int:
         """Rows waiting for `collection`; served by the partial index init-db creates."""

@@ -212,7 +212,7 @@ def write_batch(
         source.record_skips(collection, [(row, NO_TEXT) for row in batch.skipped])
     upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
-    marked = source.mark_embedded(collection, batch.wanted)
+    marked = source.mark_embedded(collection, batch.wanted, release=batch.rows)
     failpoint("after_mark")
 
     for samples, found in (
@@ -257,12 +257,29 @@ def sync_table(
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
-    with collection_lock(conn, schema, table, collection, log):
-        result.deleted = drain_tombstones(source, qdrant, state_schema, collection, collections)
-        if result.deleted:
-            log.info(f"{table.name}: removed the points of {result.deleted} deleted rows")
+    # Shared: any number of workers sync this table into this collection together, sharing
+    # the rows through claims; `repair` takes the lock exclusively and waits for them.
+    with collection_lock(conn, schema, table, collection, log, shared=True):
+        _drain(source, qdrant, state_schema, collection, collections, log, result)
         failpoint("after_drain")
-        _sync_pending(source, qdrant, embedder, collection, batch_size, on_batch, log, result)
+        try:
+            freed = source.claims.free_dead(collection)
+            while True:
+                if freed:
+                    log.info(f"{table.name}: {freed} rows claimed by workers that died are free")
+                _sync_pending(
+                    source, qdrant, embedder, collection, batch_size, on_batch, log, result
+                )
+                # A worker that died during this pass left rows claimed: take them over.
+                freed = source.claims.free_dead(collection)
+                if not freed:
+                    break
+        finally:
+            if not conn.closed and not conn.broken:
+                # A pipeline that stopped early gives back the batches it had not written.
+                source.claims.release_all(collection)
+        # Rows deleted while this sync ran: their points go now, not at the next sync.
+        _drain(source, qdrant, state_schema, collection, collections, log, result)
 
     failpoint("before_final_count")
     counts = source.counts(collection)
@@ -270,6 +287,21 @@ def sync_table(
     result.seconds = time.perf_counter() - started
     _summarise(result, embedder, log)
     return result
+
+
+def _drain(
+    source: SourceTable,
+    qdrant: QdrantClient,
+    state_schema: str,
+    collection: str,
+    collections: Sequence[str],
+    log: Logger,
+    result: SyncResult,
+) -> None:
+    deleted = drain_tombstones(source, qdrant, state_schema, collection, collections)
+    if deleted:
+        log.info(f"{source.config.name}: removed the points of {deleted} deleted rows")
+    result.deleted += deleted
 
 
 def _sync_pending(

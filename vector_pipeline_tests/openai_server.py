@@ -151,6 +151,7 @@ class _Settings:
     max_input_tokens: int
     max_request_tokens: int
     count_tokens: Callable[[str], int]
+    base64: bool
 
 
 class FakeOpenAIServer:
@@ -166,9 +167,12 @@ class FakeOpenAIServer:
         max_input_tokens: int = OPENAI_MAX_INPUT_TOKENS,
         max_request_tokens: int = OPENAI_MAX_REQUEST_TOKENS,
         count_tokens: Callable[[str], int] = count_cl100k,
+        base64: bool = True,
     ) -> None:
         """`dimensions` is used when a request does not ask for a size; `latency` delays
-        every answer; `count_tokens` is how the server measures inputs against its limits."""
+        every answer; `count_tokens` is how the server measures inputs against its limits;
+        `base64=False` answers float lists even when base64 is asked for, as some
+        OpenAI-compatible servers do."""
         self.settings = _Settings(
             api_key=api_key,
             dimensions=dimensions,
@@ -177,6 +181,7 @@ class FakeOpenAIServer:
             max_input_tokens=max_input_tokens,
             max_request_tokens=max_request_tokens,
             count_tokens=count_tokens,
+            base64=base64,
         )
         self._lock = threading.Lock()
         self._faults: deque[Fault | None] = deque()
@@ -185,6 +190,7 @@ class FakeOpenAIServer:
         self._requests: list[RecordedRequest] = []
         self._in_flight = 0
         self.max_in_flight = 0  # the most requests this server was answering at once
+        self._gate: threading.Barrier | None = None
         self._closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -250,6 +256,13 @@ class FakeOpenAIServer:
             self._always = fault
             self._grace = after
 
+    def gate(self, parties: int, timeout: float = 60.0) -> None:
+        """Hold the first requests until `parties` of them are in flight at once, then answer
+        them all: proof that that many clients were working together. The barrier breaks
+        after `timeout` seconds, and the held requests are answered anyway."""
+        with self._lock:
+            self._gate = threading.Barrier(parties, action=self._open_gate, timeout=timeout)
+
     @property
     def pending_faults(self) -> int:
         """Queued faults not yet served (`fail_always` is not counted)."""
@@ -286,6 +299,21 @@ class FakeOpenAIServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def _pass_gate(self) -> None:
+        with self._lock:
+            gate = self._gate
+        if gate is None:
+            return
+        try:
+            gate.wait()
+        except threading.BrokenBarrierError:
+            self._open_gate()  # timed out: the test's own assertions tell what went wrong
+
+    def _open_gate(self) -> None:
+        # Run by the last arrival before any is released, so no later request meets the gate.
+        with self._lock:
+            self._gate = None
 
     def _wait(self, seconds: float) -> None:
         if seconds > 0:
@@ -334,6 +362,7 @@ class _Handler(BaseHTTPRequestHandler):
             fault=fault.kind if fault else None,
         )
         self.fake._record(record)
+        self.fake._pass_gate()
         self.fake._wait(self.fake.settings.latency)
 
         if fault is not None and fault.kind == "reset":
@@ -419,7 +448,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "wrong_dimension":
             size = max(1, dimensions + fault.vector_delta)
             vectors = [fake_vector(text, size) for text in inputs]
-        base64_wanted = body.get("encoding_format") == "base64"
+        base64_wanted = self.fake.settings.base64 and body.get("encoding_format") == "base64"
         return 200, {
             "object": "list",
             "data": [

@@ -109,3 +109,6 @@ def test_sigkill_then_one_rerun_leaves_everything_exact(
     assert skipped == BLANK
     tombstones = sql.Identifier(schema, "vector_pipeline_tombstone")
     assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tombstones)).fetchone() == (0,)
+    # The killed sync's claims died with it; the rerun freed them and left none of its own.
+    claims = sql.Identifier(schema, "vector_pipeline_claim")
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(claims)).fetchone() == (0,)

@@ -225,10 +225,31 @@ def test_openai_returns_server_vectors_in_order(server: FakeOpenAIServer, api_ke
         "model": "text-embedding-3-small",
         "input": texts,
         "dimensions": 8,
-        "encoding_format": "float",
+        "encoding_format": "base64",
     }
     assert np.allclose(embedder.embed_query("third"), fake_vector("third", 8))
     embedder.close()
+
+
+def _answer_with(*embeddings: object) -> Fault:
+    """A 200 whose vectors are `embeddings`, as they are."""
+    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(embeddings)]
+    return Fault.http_status(200, body={"object": "list", "data": data, "model": "m"})
+
+
+@pytest.mark.parametrize(("asked", "server_base64"), [("float", True), ("base64", False)])
+def test_openai_reads_float_answers_too(api_key: str, asked: str, server_base64: bool) -> None:
+    # `encoding_format: float` for servers without base64, and a server that answers floats
+    # to a base64 request is understood as well.
+    texts = ["first text", "second text"]
+    with FakeOpenAIServer(api_key=KEY, dimensions=8, base64=server_base64) as server:
+        embedder = build_embedder("m", openai_model(server, encoding_format=asked))
+        vectors = embedder.embed_documents(texts).vectors
+        (request,) = server.requests
+        embedder.close()
+    assert request.body["encoding_format"] == asked
+    assert all(isinstance(vector, list) for vector in vectors)
+    assert np.allclose(vectors, [fake_vector(text, 8) for text in texts])
 
 
 def test_openai_can_leave_dimensions_out(server: FakeOpenAIServer, api_key: str) -> None:
@@ -396,6 +417,14 @@ def test_openai_scrubs_the_key_from_other_errors(server: FakeOpenAIServer, api_k
         (Fault.wrong_count(+1), "returned 3 vectors for 2 inputs"),
         (Fault.wrong_dimension(+1), "vector of 9 values for input 0, expected 8"),
         (Fault.malformed_json(), "not valid JSON"),
+        (_answer_with("not base64!", "AAAA"), "input 0 that is neither a list of numbers nor"),
+        (
+            _answer_with("AAAAAAAAAAA=", "AAAAAAAAAAA="),
+            "vector of 2 values for input 0, expected 8",
+        ),
+        (_answer_with("AAAAAAA=", "AAAAAAA="), "vector of 5 bytes, not whole float32 values"),
+        (_answer_with([0.1] * 8, {"x": 1}), "vector of dict values for input 1"),
+        (_answer_with([0.1] * 8, ["a"] * 8), "non-numeric vector values"),
     ],
 )
 def test_openai_rejects_unusable_answers(

@@ -21,6 +21,7 @@ This module adds what the SDK does not:
 
 from __future__ import annotations
 
+import base64
 import random
 import re
 import time
@@ -208,7 +209,10 @@ class OpenAIEmbedder:
         if task:
             options["extra_body"] = {"task": task}
         return client.embeddings.with_raw_response.create(
-            model=self._model.id, input=batch, encoding_format="float", **options
+            model=self._model.id,
+            input=batch,
+            encoding_format=self._model.encoding_format,
+            **options,
         )
 
     def _read(
@@ -250,24 +254,47 @@ class OpenAIEmbedder:
                 f"not 0..{expected - 1}"
             )
         ordered = sorted(data, key=lambda item: item["index"])
-        for position, item in enumerate(ordered):
-            embedding = item.get("embedding")
-            if not isinstance(embedding, list) or len(embedding) != self.dimensions:
-                size = len(embedding) if isinstance(embedding, list) else type(embedding).__name__
-                raise EmbeddingAnswerError(
-                    f"{self._who()} returned a vector of {size} values for input {position}, "
-                    f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
-                    f"(and `send_dimensions:` if the model has a fixed size)"
-                )
-        try:
-            matrix = np.asarray([item["embedding"] for item in ordered], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise EmbeddingAnswerError(
-                f"{self._who()} returned non-numeric vector values"
-            ) from None
+        rows = [self._vector(item.get("embedding"), at) for at, item in enumerate(ordered)]
+        matrix = np.vstack(rows) if rows else np.empty((0, self.dimensions))
         if not np.isfinite(matrix).all():
             raise EmbeddingAnswerError(f"{self._who()} returned NaN or infinite vector values")
         return matrix.tolist()
+
+    def _vector(self, embedding: Any, position: int) -> np.ndarray:
+        """One answer's vector: a JSON list of floats, or base64 of little-endian float32 (what
+        `encoding_format: base64` asks for; a server may answer floats anyway)."""
+        size: object
+        vector: np.ndarray | None = None
+        if isinstance(embedding, str):
+            try:
+                raw = base64.b64decode(embedding, validate=True)
+            except ValueError:
+                raise EmbeddingAnswerError(
+                    f"{self._who()} returned a vector for input {position} that is neither a "
+                    "list of numbers nor valid base64"
+                ) from None
+            if len(raw) % 4 == 0:
+                vector = np.frombuffer(raw, dtype="<f4")
+                size = len(vector)
+            else:
+                size = f"{len(raw)} bytes, not whole float32"
+        elif isinstance(embedding, list):
+            try:
+                vector = np.asarray(embedding, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise EmbeddingAnswerError(
+                    f"{self._who()} returned non-numeric vector values"
+                ) from None
+            size = len(embedding)
+        else:
+            size = type(embedding).__name__
+        if vector is None or vector.shape != (self.dimensions,):
+            raise EmbeddingAnswerError(
+                f"{self._who()} returned a vector of {size} values for input {position}, "
+                f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
+                f"(and `send_dimensions:` if the model has a fixed size)"
+            )
+        return vector
 
     # -- errors ----------------------------------------------------------------------------
 

@@ -1,6 +1,15 @@
-"""The table asset factory: one asset per configured table, one partition per embedding model."""
+"""The table asset factory: one asset per configured table, one partition per embedding model.
 
-from typing import TYPE_CHECKING
+With `scale_out.workers: 1` (the default) an asset is one op that runs the sync. With N > 1 it
+is a graph: N worker steps sync the same table into the same collection at once (the engine's
+claims give each row to exactly one of them) and a last step records the materialization. The
+executor decides where the steps run: processes, Kubernetes pods, Docker containers, Celery
+tasks. No data passes between the steps, so no shared I/O manager is needed: the last step
+reads the workers' results from the run's event log.
+"""
+
+import time
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -11,7 +20,8 @@ from vector_pipeline.orchestration.resources import (
     QdrantResource,
 )
 from vector_pipeline.orchestration.session_write_back import session_write_back
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
+from vector_pipeline.source import SourceTable
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, SyncResult, sync_configured_table
 
 if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -19,6 +29,8 @@ if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the 
     )
 
 GROUP = "vector_sync"
+# Summed over a run's workers; the rest of the materialization's metadata is read afresh.
+SUMMED = ("rows_embedded", "rows_skipped", "rows_truncated", "tokens", "rows_deleted")
 
 
 class SyncConfig(dg.Config):
@@ -29,6 +41,55 @@ def model_partitions(config: ProjectConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(list(config.embeddings.models))
 
 
+def _run_sync(
+    context: dg.OpExecutionContext,
+    step: str,
+    table: TableConfig,
+    batch_size: int,
+    postgres: PostgresResource,
+    qdrant: QdrantResource,
+    embeddings: EmbeddingsResource,
+) -> SyncResult:
+    # The embedder before any row is read, so a missing API key fails first; the Qdrant
+    # client last, since in local mode it may wait for another run to release the folder.
+    with (
+        session_write_back(context, postgres, embeddings.project, step) as on_batch,
+        embeddings.embedder(context.partition_key) as embedder,
+        postgres.connect() as conn,
+        qdrant.client() as client,
+    ):
+        return sync_configured_table(
+            conn=conn,
+            qdrant=client,
+            embedder=embedder,
+            project=embeddings.project,
+            table=table,
+            batch_size=batch_size,
+            on_batch=on_batch,
+            log=context.log,
+        )
+
+
+def _work_done(result: SyncResult) -> dict[str, Any]:
+    return {
+        "rows_embedded": result.embedded,
+        "rows_skipped": result.skipped,
+        "rows_truncated": result.truncated,
+        "tokens": result.tokens,
+        "rows_deleted": result.deleted,
+    }
+
+
+def _state(result: SyncResult, seconds: float) -> dict[str, Any]:
+    return {
+        "rows_pending": result.pending_after,
+        "rows_total": result.total_rows,
+        "collection": result.collection,
+        "model": result.model,
+        "seconds": round(seconds, 3),
+    }
+
+
 def table_asset(
     config: ProjectConfig, table: TableConfig, partitions: dg.PartitionsDefinition
 ) -> dg.AssetsDefinition:
@@ -37,24 +98,33 @@ def table_asset(
         key: collection_name_for(table.collection_base, model.id)
         for key, model in config.embeddings.models.items()
     }
-
-    @dg.asset(
-        name=table.name,
-        partitions_def=partitions,
-        group_name=GROUP,
-        kinds={"postgres", "qdrant"},
-        description=(
+    workers = config.orchestration.scale_out.workers
+    spec: dict[str, Any] = {
+        "name": table.name,
+        "partitions_def": partitions,
+        "group_name": GROUP,
+        "kinds": {"postgres", "qdrant"},
+        "description": (
             f"Rows of `{schema}.{table.table}` embedded into Qdrant, one partition per "
             f"embedding model. Materializing a partition embeds the rows whose `embedded_in` "
-            f"lacks that model's collection and marks them done.\n\n"
-            f"Text: `{table.text_template!r}`"
+            f"lacks that model's collection and marks them done"
+            + (f", with {workers} workers sharing the rows" if workers > 1 else "")
+            + f".\n\nText: `{table.text_template!r}`"
         ),
-        metadata={
+        "metadata": {
             "source_table": f"{schema}.{table.table}",
             "data_type": table.data_type,
             "collections": dg.MetadataValue.json(collections),
+            "workers": workers,
         },
-    )
+    }
+    if workers == 1:
+        return _single_step_asset(table, spec)
+    return _scaled_out_asset(table, spec, workers)
+
+
+def _single_step_asset(table: TableConfig, spec: dict[str, Any]) -> dg.AssetsDefinition:
+    @dg.asset(**spec)
     def _sync(
         context: dg.AssetExecutionContext,
         config: SyncConfig,
@@ -62,39 +132,106 @@ def table_asset(
         qdrant: QdrantResource,
         embeddings: EmbeddingsResource,
     ) -> dg.MaterializeResult:
-        # The embedder before any row is read, so a missing API key fails first; the Qdrant
-        # client last, since in local mode it may wait for another run to release the folder.
-        with (
-            session_write_back(context, postgres, embeddings.project) as on_batch,
-            embeddings.embedder(context.partition_key) as embedder,
-            postgres.connect() as conn,
-            qdrant.client() as client,
-        ):
-            result = sync_configured_table(
-                conn=conn,
-                qdrant=client,
-                embedder=embedder,
-                project=embeddings.project,
-                table=table,
-                batch_size=config.batch_size,
-                on_batch=on_batch,
-                log=context.log,
-            )
+        result = _run_sync(
+            context.op_execution_context,
+            table.name,
+            table,
+            config.batch_size,
+            postgres,
+            qdrant,
+            embeddings,
+        )
         return dg.MaterializeResult(
-            metadata={
-                "rows_embedded": result.embedded,
-                "rows_skipped": result.skipped,
-                "rows_truncated": result.truncated,
-                "rows_pending": result.pending_after,
-                "rows_total": result.total_rows,
-                "tokens": result.tokens,
-                "collection": result.collection,
-                "model": result.model,
-                "seconds": round(result.seconds, 3),
-            }
+            metadata={**_work_done(result), **_state(result, result.seconds)}
         )
 
     return _sync
+
+
+def _scaled_out_asset(
+    table: TableConfig, spec: dict[str, Any], workers: int
+) -> dg.AssetsDefinition:
+    def worker(index: int) -> dg.OpDefinition:
+        name = f"{table.name}_worker_{index}"
+
+        @dg.op(
+            name=name,
+            out=dg.Out(dg.Nothing),
+            description=f"Worker {index + 1} of {workers}: syncs rows of {table.name} it claims.",
+            tags={"vector_pipeline/worker": str(index)},
+        )
+        def _work(
+            context: dg.OpExecutionContext,
+            config: SyncConfig,
+            postgres: PostgresResource,
+            qdrant: QdrantResource,
+            embeddings: EmbeddingsResource,
+        ) -> dg.Output[None]:
+            result = _run_sync(
+                context, name, table, config.batch_size, postgres, qdrant, embeddings
+            )
+            return dg.Output(None, metadata=_work_done(result))
+
+        return _work
+
+    steps = [worker(index) for index in range(workers)]
+
+    @dg.op(
+        name=f"{table.name}_record",
+        ins={f"worker_{i}": dg.In(dg.Nothing) for i in range(workers)},
+        out=dg.Out(dg.Nothing),
+        description=f"Records the materialization of {table.name}: the workers' sums and the "
+        "rows still pending.",
+    )
+    def record(
+        context: dg.OpExecutionContext,
+        postgres: PostgresResource,
+        embeddings: EmbeddingsResource,
+    ) -> None:
+        done = _worker_results(context, {step.name for step in steps})
+        model = embeddings.project.embeddings.models[context.partition_key]
+        collection = collection_name_for(table.collection_base, model.id)
+        with postgres.connect() as conn:
+            counts = SourceTable.for_config(conn, embeddings.project, table).counts(collection)
+        started = context.instance.get_run_stats(context.run_id).start_time
+        seconds = time.time() - started if started else 0.0
+        context.log.info(
+            f"{table.name} -> {collection}: {workers} workers embedded {done['rows_embedded']} "
+            f"rows; {counts.pending} still pending of {counts.total}"
+        )
+        context.add_output_metadata(
+            {
+                **done,
+                "rows_pending": counts.pending,
+                "rows_total": counts.total,
+                "collection": collection,
+                "model": context.partition_key,
+                "seconds": round(seconds, 3),
+            }
+        )
+
+    @dg.graph_asset(**spec)
+    def _sync() -> Any:
+        return record(**{f"worker_{i}": step() for i, step in enumerate(steps)})
+
+    return _sync
+
+
+def _worker_results(context: dg.OpExecutionContext, worker_steps: set[str]) -> dict[str, int]:
+    """The sums of the workers' output metadata, from this run's event log."""
+    totals = dict.fromkeys(SUMMED, 0)
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        # Step keys inside a graph asset are `<asset>.<op>`.
+        if event is None or (event.step_key or "").rsplit(".", 1)[-1] not in worker_steps:
+            continue
+        for name, value in event.step_output_data.metadata.items():
+            if name in totals:
+                totals[name] += int(value.value)
+    return totals
 
 
 def table_assets(config: ProjectConfig) -> list[dg.AssetsDefinition]:

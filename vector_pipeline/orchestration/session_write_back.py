@@ -15,13 +15,17 @@ SESSION_TAG = "vector_pipeline/session_id"
 
 @contextmanager
 def session_write_back(
-    context: dg.AssetExecutionContext, postgres: PostgresResource, project: ProjectConfig
+    context: dg.OpExecutionContext | dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    project: ProjectConfig,
+    step: str,
 ) -> Iterator[Callable[[BatchReport], None] | None]:
     """Yield a per-batch progress callback, or None when the run serves no session.
 
-    The first table step to start moves the session to PROCESSING with the rows pending across
-    all of its tables; each batch adds its rows atomically; a failing step marks the session
-    FAILED with a redacted message before the error propagates. COMPLETED is written when the
+    `step` names the table (and worker) in an error message. The first step to start moves
+    the session to PROCESSING with the rows pending across all of its tables; each batch adds
+    its rows atomically; a failing step marks the session FAILED with a redacted message before
+    the error propagates. COMPLETED is written when the
     whole run has succeeded, by the run-status sensor, since no single step knows that.
     """
     tag = context.run.tags.get(SESSION_TAG)
@@ -45,7 +49,6 @@ def session_write_back(
 
             yield report
         except Exception as exc:
-            step = context.asset_key.to_user_string()
             message = redact(f"{step}: {type(exc).__name__}: {exc}", project)
             store.fail(session_id, message, context.run_id)
             raise
