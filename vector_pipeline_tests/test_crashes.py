@@ -20,7 +20,8 @@ from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
 
-ROWS = 3000
+ROWS = 1500
+BATCH = 150  # two upsert chunks per batch (128 + 22)
 DELETED = 40  # rows deleted before the crashing sync: their tombstones get drained
 BLANK = 7  # rows with no text: recorded as skipped
 COLLECTION = "test_det-a_hybrid"
@@ -35,8 +36,8 @@ CRASH_POINTS = [
     ("after_embed", 4),
     ("between_upsert_chunks", 5),
     ("after_upsert", 6),
-    ("mark_before_commit", 7),
-    ("after_mark", 8),
+    ("mark_before_commit", 6),
+    ("after_mark", 7),
     ("before_final_count", 1),
     ("after_upsert", 1),
 ]
@@ -58,7 +59,7 @@ def run_sync(project, database_url: str, qdrant_path: str, failpoint: str | None
     if failpoint:
         env["VECTOR_PIPELINE_FAILPOINT"] = failpoint
     return subprocess.run(
-        [sys.executable, "-m", "vector_pipeline.cli", "sync", "--batch-size", "200"],
+        [sys.executable, "-m", "vector_pipeline.cli", "sync", "--batch-size", str(BATCH)],
         env=env,
         capture_output=True,
         text=True,
@@ -72,14 +73,14 @@ def test_sigkill_then_one_rerun_leaves_everything_exact(
 ):
     doc = sql.Identifier(schema, "doc")
     # A first, complete sync; then work for the crashing one: deletes to drain, rows with no
-    # text to skip, 2,000 edited rows to re-embed (10 batches) and 1,000 rows to leave alone.
+    # text to skip, 1,000 edited rows to re-embed (7 batches) and 500 rows to leave alone.
     first = run_sync(project, database_url, qdrant_path, None)
     assert first.returncode == 0, first.stderr
     conn.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(doc), (DELETED,))
-    conn.execute(sql.SQL("UPDATE {} SET body = body || ' (v2)' WHERE id > 1000").format(doc))
+    conn.execute(sql.SQL("UPDATE {} SET body = body || ' (v2)' WHERE id > 500").format(doc))
     conn.execute(
-        sql.SQL("UPDATE {} SET title = NULL, body = '' WHERE id BETWEEN 2001 AND %s").format(doc),
-        (2000 + BLANK,),
+        sql.SQL("UPDATE {} SET title = NULL, body = '' WHERE id BETWEEN 1001 AND %s").format(doc),
+        (1000 + BLANK,),
     )
 
     crashed = run_sync(project, database_url, qdrant_path, f"{point}:{nth}")
