@@ -270,7 +270,9 @@ def stage_times(
             upsert_points(qdrant, stage_collection, points)
 
         times["Qdrant upsert"] += timed(upsert)[0]
-        seconds, marked = timed(lambda rows=rows: source.mark_embedded(collection, rows))
+        seconds, marked = timed(
+            lambda rows=rows: source.mark_embedded(collection, rows, release=rows)
+        )
         times["PostgreSQL mark"] += seconds
         rows_done += marked
     return rows_done, times
@@ -319,6 +321,7 @@ def part_b(ws: Workspace, sizes: Sizes) -> list[Result]:
     # Load the ONNX model and run it on real rows first, so neither measurement pays for that.
     source = SourceTable.for_config(ws.conn, target.project, target.table)
     warm = next(iter(source.pending_batches(target.collection, 64)))
+    source.claims.release_all(target.collection)
     embedder.embed_documents([target.table.render_text(row.values) for row in warm])
     setup = (
         f"local MiniLM (int8 ONNX, CPU), {_concurrency_label(target, False)}; "
@@ -419,7 +422,10 @@ def _median_time(function: Callable[[], Any], repeat: int) -> tuple[float, float
 
 
 def _read_all(source: SourceTable, collection: str) -> int:
-    return sum(len(batch) for batch in source.pending_batches(collection, BATCH_SIZE))
+    """Read (and claim) every pending row, then give the claims back as a sync's marks do."""
+    count = sum(len(batch) for batch in source.pending_batches(collection, BATCH_SIZE))
+    source.claims.release_all(collection)
+    return count
 
 
 def part_c(ws: Workspace, sizes: Sizes) -> list[Result]:

@@ -42,9 +42,12 @@ class Worker:
         return cls(pid, started)
 
 
-# Sessions that are alive now; a claim whose session is not among them is dead.
+# Sessions that are alive now; a claim whose session is not among them is dead. Another
+# role's session shows its pid but a NULL start to a role without pg_read_all_stats: then
+# the pid alone decides, which errs towards keeping the claim (a reused pid only delays).
 _ALIVE = (
-    "SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = c.pid AND a.backend_start = c.backend_start"
+    "SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = c.pid "
+    "AND (a.backend_start = c.backend_start OR a.backend_start IS NULL)"
 )
 
 

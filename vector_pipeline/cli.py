@@ -7,6 +7,7 @@ no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -34,13 +35,16 @@ from vector_pipeline.config import (
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.deletes import collection_lock
 from vector_pipeline.embedders import Embedder, EmbeddingError, build_embedder
+from vector_pipeline.plan import DEFAULT_SAMPLE, PlanEntry
+from vector_pipeline.plan import plan as plan_sync
+from vector_pipeline.plan import price as _price
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.reconcile import repair as repair_collection
 from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
 from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
-from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
+from vector_pipeline.vector_store import CollectionMismatchError, QdrantBusyError, open_qdrant
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
 _KNOWN_ERRORS = (
@@ -246,20 +250,122 @@ class _QuietLog:
 @pass_state
 @_fail_cleanly
 def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
-    """Per table and model: total, embedded, pending and skipped rows."""
-    with _database() as conn:
-        rows = sync_status(conn, state.config, models=list(models) or None)
+    """Per table and model: total, embedded, pending and skipped rows, and which collection
+    each active alias serves (readers query the alias)."""
+    busy = None
+    with _database() as conn, contextlib.ExitStack() as stack:
+        try:
+            qdrant = stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False))
+        except QdrantBusyError as exc:
+            qdrant, busy = None, str(exc)
+        rows = sync_status(conn, state.config, models=list(models) or None, qdrant=qdrant)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
         return
-    header = ("table", "model", "collection", "total", "embedded", "pending", "skipped")
-    lines = [header] + [
-        (r.table, r.model, r.collection, *map(str, (r.total, r.embedded, r.pending, r.skipped)))
-        for r in rows
-    ]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    _print_table(
+        ("table", "model", "collection", "total", "embedded", "pending", "skipped", "alias"),
+        [
+            (
+                r.table,
+                r.model,
+                r.collection,
+                *map(str, (r.total, r.embedded, r.pending, r.skipped)),
+                (r.alias or "") if r.alias_serves_this else "",
+            )
+            for r in rows
+        ],
+        numeric=range(3, 7),
+    )
+    if busy:
+        click.echo(f"aliases not shown: {busy} (a sync is running)")
+
+
+@main.command()
+@click.option(
+    "--model", "models", multiple=True, help="Model key (repeatable; default: the default)."
+)
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
+@click.option(
+    "--sample",
+    default=DEFAULT_SAMPLE,
+    show_default=True,
+    help="Pending rows read per table to count tokens; beyond it the count is scaled.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@pass_state
+@_fail_cleanly
+def plan(
+    state: _State, models: tuple[str, ...], tables: tuple[str, ...], sample: int, as_json: bool
+) -> None:
+    """What a sync would embed and cost, before any request is sent.
+
+    Per table: the pending rows, the tokens they hold (the provider's tokenizer; cut at the
+    model's input limit) and, for a model with `price_per_million_tokens`, the cost.
+    """
+    config = state.config
+    for name in tables:
+        config.tables.table(name)  # an unknown table is an error, not an empty plan
+    with _database() as conn:
+        entries = plan_sync(conn, config, list(models), list(tables), sample=sample)
+    if as_json:
+        click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2))
+        return
+    rows = [(e.table, e.model, e.pending, e.tokens, e.exact, e.cost) for e in entries]
+    by_model: dict[str, list[PlanEntry]] = {}
+    for e in entries:
+        by_model.setdefault(e.model, []).append(e)
+    for model, group in by_model.items():
+        costs = [e.cost for e in group]
+        total = None if None in costs else sum(c for c in costs if c is not None)
+        rows.append(
+            (
+                "total",
+                model,
+                sum(e.pending for e in group),
+                sum(e.tokens for e in group),
+                all(e.exact for e in group),
+                total,
+            )
+        )
+    _print_table(
+        ("table", "model", "pending", "tokens", "cost"),
+        [
+            (table, model, f"{pending:,}", f"{'' if exact else '~'}{tokens:,}", _money(cost))
+            for table, model, pending, tokens, exact, cost in rows
+        ],
+        numeric=range(2, 5),
+    )
+    for model, group in by_model.items():
+        first = group[0]
+        price = (
+            f"${first.price_per_million_tokens:g} per 1M tokens"
+            if first.price_per_million_tokens is not None
+            else "no price_per_million_tokens in embeddings.yaml"
+        )
+        click.echo(f"{model}: tokens counted with {first.tokenizer}; {price}")
+    if not all(e.exact for e in entries):
+        click.echo(
+            "~ : scaled from the first --sample pending rows, or an upper bound where the "
+            "provider's tokenizer is not available offline"
+        )
+
+
+def _print_table(header: tuple[str, ...], lines: list[tuple[str, ...]], numeric: range) -> None:
+    """Columns padded to their widest cell; the `numeric` columns right-aligned."""
+    cells = [header, *lines]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    for line in cells:
+        padded = (
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        click.echo("  ".join(padded).rstrip())
+
+
+def _money(cost: float | None) -> str:
+    if cost is None:
+        return "unpriced"
+    return f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
 
 
 @main.command()
@@ -323,18 +429,43 @@ def session() -> None:
 @session.command("create")
 @click.option("--model", help="Model key (default: the default model when the run starts).")
 @click.option("--table", "tables", multiple=True, help="Table (repeatable; default: all).")
+@click.option(
+    "--token-budget", type=click.IntRange(min=1), help="Stop before spending more tokens."
+)
+@click.option(
+    "--cost-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop before spending more US dollars (needs the model's price_per_million_tokens).",
+)
 @pass_state
 @_fail_cleanly
-def session_create(state: _State, model: str | None, tables: tuple[str, ...]) -> None:
-    """Insert a PENDING session and print its id."""
+def session_create(
+    state: _State,
+    model: str | None,
+    tables: tuple[str, ...],
+    token_budget: int | None,
+    cost_budget: float | None,
+) -> None:
+    """Insert a PENDING session and print its id.
+
+    With a budget, the run stops before the batch that would exceed it: the session ends
+    FAILED with 'budget exceeded' and the rows embedded so far stay done (see `plan`).
+    """
     config = state.config
     # Checked here for a quick answer; the sensor checks again, since any app may insert rows.
-    if model:
-        config.embeddings.model(model)
+    key, model_config = config.embeddings.model(model)
+    if cost_budget and _price(model_config) is None:
+        raise click.UsageError(
+            f"--cost-budget needs a price: add price_per_million_tokens to model {key!r} in "
+            "config/embeddings.yaml, or use --token-budget"
+        )
     for name in tables:
         config.tables.table(name)
     with _database() as conn:
-        click.echo(SessionStore(conn, config.tables.schema_).create(model, list(tables)))
+        store = SessionStore(conn, config.tables.schema_)
+        click.echo(
+            store.create(model, list(tables), token_budget=token_budget, cost_budget=cost_budget)
+        )
 
 
 @session.command("watch")

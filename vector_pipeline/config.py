@@ -77,6 +77,9 @@ class _ModelBase(_Strict):
     batch_size: int = Field(default=64, gt=0, description="Texts per embedding call.")
     # Batches embedded at once while earlier ones are written and later ones read.
     max_concurrent_requests: int = Field(default=1, ge=1, le=64)
+    # What the provider charges, in US dollars per million input tokens (`plan` and session
+    # cost budgets use it); unset for an API model means "price unknown".
+    price_per_million_tokens: float | None = Field(default=None, ge=0)
 
     @field_validator("id")
     @classmethod
@@ -278,7 +281,35 @@ def template_columns(template: str) -> tuple[str, ...]:
 class TablesConfig(_Strict):
     schema_: str = Field(default="public", alias="schema")
     collection_base: str = "knowledge"
+    # The Qdrant alias readers query, per collection base: it serves the default model's
+    # collection once that holds every row, so a model switch never shows them a partial one.
+    # null: no alias.
+    active_alias: str | None = "{collection_base}_active"
     tables: tuple[TableConfig, ...] = Field(min_length=1)
+
+    @field_validator("active_alias")
+    @classmethod
+    def _alias_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            name = value.format(collection_base="base")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                "may use only {collection_base}, e.g. '{collection_base}_active'"
+            ) from None
+        if not _COLLECTION_SAFE.match(name) or name.endswith("_hybrid"):
+            raise ValueError(
+                "must give a name of letters, digits, '_', '-' and '.' that does not end in "
+                "'_hybrid' (collection names do)"
+            )
+        return value
+
+    def alias_for(self, collection_base: str) -> str | None:
+        """The active alias of tables with `collection_base`, if aliases are on."""
+        if self.active_alias is None:
+            return None
+        return self.active_alias.format(collection_base=collection_base)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -258,6 +258,18 @@ def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
             """
         ).format(table=sql.Identifier(schema, SESSION_TABLE))
     )
+    # Budgets (added to tables created before they existed): a session may cap the tokens, or
+    # the dollars, its run may spend; `tokens_used` is what its batches have reserved so far.
+    conn.execute(
+        sql.SQL(
+            """
+            ALTER TABLE {table}
+                ADD COLUMN IF NOT EXISTS token_budget bigint CHECK (token_budget > 0),
+                ADD COLUMN IF NOT EXISTS cost_budget numeric CHECK (cost_budget > 0),
+                ADD COLUMN IF NOT EXISTS tokens_used bigint NOT NULL DEFAULT 0
+            """
+        ).format(table=sql.Identifier(schema, SESSION_TABLE))
+    )
     # The launcher looks only for PENDING sessions: a partial index keeps that check cheap
     # however many finished sessions pile up.
     conn.execute(

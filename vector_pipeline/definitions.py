@@ -16,6 +16,7 @@ from vector_pipeline.orchestration.resources import (
 from vector_pipeline.orchestration.schedules import incremental_sync_schedule
 from vector_pipeline.orchestration.sensors import (
     pending_rows_launcher,
+    pending_rows_observer,
     session_launcher,
     session_outcomes,
 )
@@ -39,6 +40,7 @@ def build_definitions(
             session_launcher(config, job),
             *session_outcomes(config, job),
             pending_rows_launcher(config, job),
+            pending_rows_observer(config),
         ],
         resources={
             "postgres": postgres or PostgresResource(),

@@ -9,6 +9,8 @@ by the status it expects, so a late writer cannot move a finished session backwa
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 
 from vector_pipeline.config import (
+    EmbeddingModel,
     JinaModel,
     OpenAIModel,
     ProjectConfig,
@@ -26,6 +29,7 @@ from vector_pipeline.config import (
     collection_name_for,
 )
 from vector_pipeline.database_setup import SESSION_TABLE
+from vector_pipeline.plan import price as price_of
 from vector_pipeline.source import SourceTable
 
 PENDING, PROCESSING, COMPLETED, FAILED = "PENDING", "PROCESSING", "COMPLETED", "FAILED"
@@ -52,6 +56,9 @@ class Session:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     run_id: str | None
+    token_budget: int | None = None
+    cost_budget: decimal.Decimal | None = None
+    tokens_used: int = 0
 
     @property
     def finished(self) -> bool:
@@ -68,12 +75,32 @@ class SessionStore:
     def _execute(self, query: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor:
         return self.conn.execute(sql.SQL(query).format(table=self.table), params)
 
-    def create(self, model: str | None = None, tables: list[str] | None = None) -> int:
+    def create(
+        self,
+        model: str | None = None,
+        tables: list[str] | None = None,
+        *,
+        token_budget: int | None = None,
+        cost_budget: float | None = None,
+    ) -> int:
         row = self._execute(
-            "INSERT INTO {table} (model, tables) VALUES (%s, %s) RETURNING id",
-            (model, tables or None),
+            "INSERT INTO {table} (model, tables, token_budget, cost_budget) "
+            "VALUES (%s, %s, %s, %s) RETURNING id",
+            (model, tables or None, token_budget, cost_budget),
         ).fetchone()
         return row[0]
+
+    def reserve_tokens(self, session_id: int, tokens: int, limit: int | None) -> bool:
+        """Count `tokens` as spent if that stays within `limit`; False (nothing counted) if not.
+
+        One statement, so steps of one run that reserve at once never overspend together.
+        """
+        cursor = self._execute(
+            "UPDATE {table} SET tokens_used = tokens_used + %s WHERE id = %s "
+            "AND status = 'PROCESSING' AND (%s::bigint IS NULL OR tokens_used + %s <= %s)",
+            (tokens, session_id, limit, tokens, limit),
+        )
+        return cursor.rowcount == 1
 
     def get(self, session_id: int) -> Session | None:
         with self.conn.cursor(row_factory=class_row(Session)) as cursor:
@@ -152,6 +179,23 @@ def resolve_request(config: ProjectConfig, session: Session) -> tuple[str, list[
             f"known tables: {', '.join(known)}"
         )
     return model, [known[name] for name in dict.fromkeys(session.tables)]
+
+
+def token_limit(session: Session, model_key: str, model: EmbeddingModel) -> int | None:
+    """The most tokens the session may spend on `model`: its token budget, or its cost budget
+    at the model's price, whichever is smaller (None: no budget)."""
+    limits = [session.token_budget] if session.token_budget else []
+    if session.cost_budget:
+        price = price_of(model)
+        if price is None:
+            raise SessionRequestError(
+                f"session {session.id} has a cost budget but model {model_key!r} has no "
+                "price_per_million_tokens in config/embeddings.yaml; add it, or give the "
+                "session a token_budget instead"
+            )
+        if price:  # a free model cannot run out of money
+            limits.append(math.floor(float(session.cost_budget) / price * 1_000_000))
+    return min(limits) if limits else None
 
 
 def pending_total(

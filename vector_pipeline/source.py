@@ -253,6 +253,26 @@ class SourceTable:
         total, skipped, pending = self.conn.execute(query).fetchone()
         return TableCounts(total=total, embedded=total - pending - skipped, skipped=skipped)
 
+    def pending_texts(self, collection: str, limit: int) -> list[str | None]:
+        """The texts the first `limit` pending rows would embed (None: no text), read only.
+
+        For estimates (`plan`): no claim is taken and nothing is locked.
+        """
+        query = sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY t.{} LIMIT %s").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in self.config.text_columns),
+            self._relation,
+            self._waiting(collection),
+            self._pk,
+        )
+        columns = self.config.text_columns
+        texts: list[str | None] = []
+        with self.conn.cursor() as cursor:
+            for values in cursor.execute(query, (limit,)):
+                row = dict(zip(columns, values, strict=True))
+                has_text = any(v is not None and str(v).strip() for v in values)
+                texts.append(self.config.render_text(row) if has_text else None)
+        return texts
+
     def pending_count(self, collection: str) -> int:
         """Rows waiting for `collection`; served by the partial index init-db creates."""
         query = sql.SQL("SELECT count(*) FROM {} AS t WHERE {}").format(

@@ -1,11 +1,13 @@
-"""How far each table is synced into each model's collection, from PostgreSQL alone."""
+"""How far each table is synced into each model's collection, and what readers' aliases serve."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import psycopg
+from qdrant_client import QdrantClient
 
+from vector_pipeline.aliases import serving
 from vector_pipeline.config import ProjectConfig, collection_name_for
 from vector_pipeline.source import SourceTable
 
@@ -19,6 +21,10 @@ class TableStatus:
     embedded: int
     pending: int
     skipped: int
+    # The active alias of the table's collections, and whether it serves this one (None:
+    # aliases off, or Qdrant not consulted).
+    alias: str | None = None
+    alias_serves_this: bool | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -29,8 +35,10 @@ def sync_status(
     config: ProjectConfig,
     models: list[str] | None = None,
     tables: list[str] | None = None,
+    qdrant: QdrantClient | None = None,
 ) -> list[TableStatus]:
-    """One entry per table and model, tables in config order, the default model first."""
+    """One entry per table and model, tables in config order, the default model first; with
+    `qdrant`, which collection each active alias serves."""
     embeddings = config.embeddings
     model_keys = models or [
         embeddings.default,
@@ -45,6 +53,10 @@ def sync_status(
             _, model = embeddings.model(key)
             collection = collection_name_for(table_config.collection_base, model.id)
             counts = source.counts(collection)
+            alias = config.tables.alias_for(table_config.collection_base)
+            serves = None
+            if alias is not None and qdrant is not None:
+                serves = serving(qdrant, alias) == collection
             statuses.append(
                 TableStatus(
                     table=table_config.name,
@@ -54,6 +66,8 @@ def sync_status(
                     embedded=counts.embedded,
                     pending=counts.pending,
                     skipped=counts.skipped,
+                    alias=alias,
+                    alias_serves_this=serves,
                 )
             )
     return statuses

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import psycopg
 from qdrant_client import QdrantClient
 
+from vector_pipeline.aliases import update_active_alias
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
 from vector_pipeline.deletes import collection_lock, drain_tombstones
 from vector_pipeline.embedders import Embedder
@@ -82,6 +83,8 @@ class SyncResult:
     created_collection: bool = False
     skipped_ids: list[Any] = field(default_factory=list)
     truncated_ids: list[Any] = field(default_factory=list)
+    alias: str | None = None  # the active alias of the table's collections, if any
+    alias_serves: str | None = None  # the collection it serves after this sync
 
     def add(self, report: BatchReport) -> None:
         self.batches += 1
@@ -141,6 +144,13 @@ def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> 
         "usage": None,
         "content_id": None,
     }
+
+
+class BudgetExceeded(RuntimeError):
+    """The next batch would spend more than the session's budget allows; nothing more is sent.
+
+    Raised after the batches already sent are written and marked, so their progress is kept.
+    """
 
 
 class _PipelineStopped(Exception):
@@ -242,12 +252,15 @@ def sync_table(
     collections: Sequence[str] = (),
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[BatchReport], None] | None = None,
+    admit: Callable[[Sequence[str]], bool] | None = None,
     log: Logger | None = None,
 ) -> SyncResult:
     """Sync every pending row of `table` into the model's collection; see the module docstring.
 
     `state_schema` holds the pipeline's own tables (default: `schema`); `collections` are the
-    table's other collections, which the drain of deleted rows also cleans.
+    table's other collections, which the drain of deleted rows also cleans. `admit`, given the
+    texts of the next batch before they are sent, says whether the budget allows them; once it
+    says no, the sync finishes the batches in flight and raises BudgetExceeded.
     """
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
@@ -263,12 +276,15 @@ def sync_table(
         _drain(source, qdrant, state_schema, collection, collections, log, result)
         failpoint("after_drain")
         try:
+            # Claims this session still holds are leftovers of a read that never finished (a
+            # connection runs one sync at a time); dead sessions' claims are free for anyone.
+            source.claims.release_all(collection)
             freed = source.claims.free_dead(collection)
             while True:
                 if freed:
                     log.info(f"{table.name}: {freed} rows claimed by workers that died are free")
                 _sync_pending(
-                    source, qdrant, embedder, collection, batch_size, on_batch, log, result
+                    source, qdrant, embedder, collection, batch_size, on_batch, admit, log, result
                 )
                 # A worker that died during this pass left rows claimed: take them over.
                 freed = source.claims.free_dead(collection)
@@ -311,6 +327,7 @@ def _sync_pending(
     collection: str,
     batch_size: int,
     on_batch: Callable[[BatchReport], None] | None,
+    admit: Callable[[Sequence[str]], bool] | None,
     log: Logger,
     result: SyncResult,
 ) -> None:
@@ -361,13 +378,25 @@ def _sync_pending(
 
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="embed")
     try:
+        refused = 0
         for rows in source.pending_batches(collection, batch_size):
             failpoint("after_read")
+            if admit is not None:
+                texts = [table.render_text(row.values) for row in rows if _has_text(table, row)]
+                if texts and not admit(texts):
+                    refused = len(rows)
+                    break
             in_flight.append(pool.submit(embed, rows))
             while len(in_flight) > concurrency:
                 write_oldest()
         while in_flight:
             write_oldest()
+        if refused:
+            raise BudgetExceeded(
+                f"budget exceeded: the next batch of {table.name} ({refused} rows) would go "
+                f"over the session's budget, so it was not sent; the {result.embedded} rows "
+                "embedded before it are kept and the rest stay pending"
+            )
     finally:
         # On failure, batches not yet started are dropped; running ones finish unwritten.
         pool.shutdown(wait=True, cancel_futures=True)
@@ -418,10 +447,13 @@ def sync_configured_table(
     table: TableConfig,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[BatchReport], None] | None = None,
+    admit: Callable[[Sequence[str]], bool] | None = None,
     log: Logger | None = None,
 ) -> SyncResult:
-    """`sync_table` with the schemas and the table's other collections taken from config."""
-    return sync_table(
+    """`sync_table` with the schemas and the table's other collections taken from config;
+    after a sync of the default model, the active alias moves to its collection once that is
+    complete (see `aliases.py`)."""
+    result = sync_table(
         conn=conn,
         qdrant=qdrant,
         embedder=embedder,
@@ -431,5 +463,12 @@ def sync_configured_table(
         collections=project.collections_for(table),
         batch_size=batch_size,
         on_batch=on_batch,
+        admit=admit,
         log=log,
     )
+    if embedder.model_key == project.embeddings.default:
+        result.alias = project.tables.alias_for(table.collection_base)
+        result.alias_serves = update_active_alias(
+            conn, qdrant, project, table.collection_base, log or logging.getLogger(__name__)
+        )
+    return result

@@ -62,12 +62,21 @@ class _SharedClient:
     users: int = 0
 
 
-def _acquire_file_lock(lock_path: Path, path: str) -> Any:
+class QdrantBusyError(RuntimeError):
+    """The local-mode folder is held by another process and the caller would not wait."""
+
+
+def _acquire_file_lock(lock_path: Path, path: str, wait: bool) -> Any:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path, "a+")  # noqa: SIM115 - held until the last user closes
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if not wait:
+            handle.close()
+            raise QdrantBusyError(
+                f"Qdrant local storage {path} is in use by another process"
+            ) from None
         log.info("Qdrant local storage %s is in use by another process; waiting for it", path)
         started = time.monotonic()
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -76,8 +85,9 @@ def _acquire_file_lock(lock_path: Path, path: str) -> Any:
 
 
 @contextmanager
-def open_qdrant(location: QdrantLocation) -> Iterator[QdrantClient]:
-    """A client for `location`; in local mode, waits while another process holds the folder."""
+def open_qdrant(location: QdrantLocation, *, wait: bool = True) -> Iterator[QdrantClient]:
+    """A client for `location`; in local mode, waits while another process holds the folder
+    (or, with `wait=False`, raises QdrantBusyError)."""
     if location.url:
         client = QdrantClient(url=location.url, api_key=location.api_key, timeout=60)
         try:
@@ -90,7 +100,7 @@ def open_qdrant(location: QdrantLocation) -> Iterator[QdrantClient]:
     with _local_guard:
         shared = _local_clients.get(path)
         if shared is None:
-            handle = _acquire_file_lock(Path(path + ".lock"), path)
+            handle = _acquire_file_lock(Path(path + ".lock"), path, wait)
             try:
                 client = QdrantClient(path=path)
             except BaseException:

@@ -58,6 +58,9 @@ def test_seed_sync_status_search(cli, demo_config):
         "embedded": 40,
         "pending": 0,
         "skipped": 0,
+        # Readers' alias serves the default model's collection, now complete.
+        "alias": "knowledge_active",
+        "alias_serves_this": True,
     }
     assert (rows["hadith", "det_b"]["embedded"], rows["hadith", "det_b"]["pending"]) == (0, 30)
 
@@ -79,6 +82,7 @@ def test_seed_sync_status_search(cli, demo_config):
         "embedded",
         "pending",
         "skipped",
+        "alias",
     ]
 
 

@@ -367,3 +367,34 @@ def test_the_schedule_follows_the_configured_default_model(tmp_path, schema, ins
     schedule = build_definitions(config).resolve_schedule_def("incremental_sync")
     request = schedule(dg.build_schedule_context(instance=instance))
     assert request.partition_key == "det_b"
+
+
+# --- pending_rows_observer ------------------------------------------------------------------
+
+
+def test_pending_rows_are_observed_per_partition_and_only_when_they_change(
+    defs, instance, postgres, project, conn
+):
+    def tick(cursor: str | None):
+        context = dg.build_sensor_context(
+            instance=instance,
+            sensor_name="pending_rows_observer",
+            resources={"postgres": postgres},
+            cursor=cursor,
+        )
+        return defs.resolve_sensor_def("pending_rows_observer")(context)
+
+    first = tick(None)
+    assert isinstance(first, dg.SensorResult)
+    seen = {
+        (event.asset_key.to_user_string(), event.partition): event.metadata["rows_pending"].value
+        for event in first.asset_events
+    }
+    assert seen == {("doc", "det_a"): 120, ("doc", "det_b"): 120}
+    assert isinstance(tick(first.cursor), dg.SkipReason)  # nothing changed: nothing recorded
+
+    _mark_all_embedded(conn, project.tables.schema_, collection_name_for("test", "det-b"))
+    changed = tick(first.cursor)
+    assert [(e.partition, e.metadata["rows_pending"].value) for e in changed.asset_events] == [
+        ("det_b", 0)
+    ]

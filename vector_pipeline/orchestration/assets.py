@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from vector_pipeline.aliases import update_active_alias
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
 from vector_pipeline.orchestration.resources import (
     EmbeddingsResource,
@@ -29,6 +30,8 @@ if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the 
     )
 
 GROUP = "vector_sync"
+# The kind (icon and tag in the UI) of each embedding provider.
+PROVIDER_KINDS = {"openai": "openai", "jinaai": "jina", "local": "onnx", "deterministic": "python"}
 # Summed over a run's workers; the rest of the materialization's metadata is read afresh.
 SUMMED = ("rows_embedded", "rows_skipped", "rows_truncated", "tokens", "rows_deleted")
 
@@ -53,7 +56,7 @@ def _run_sync(
     # The embedder before any row is read, so a missing API key fails first; the Qdrant
     # client last, since in local mode it may wait for another run to release the folder.
     with (
-        session_write_back(context, postgres, embeddings.project, step) as on_batch,
+        session_write_back(context, postgres, embeddings.project, step) as session,
         embeddings.embedder(context.partition_key) as embedder,
         postgres.connect() as conn,
         qdrant.client() as client,
@@ -65,7 +68,8 @@ def _run_sync(
             project=embeddings.project,
             table=table,
             batch_size=batch_size,
-            on_batch=on_batch,
+            on_batch=session.on_batch,
+            admit=session.admit,
             log=context.log,
         )
 
@@ -81,13 +85,16 @@ def _work_done(result: SyncResult) -> dict[str, Any]:
 
 
 def _state(result: SyncResult, seconds: float) -> dict[str, Any]:
-    return {
+    state: dict[str, Any] = {
         "rows_pending": result.pending_after,
         "rows_total": result.total_rows,
         "collection": result.collection,
         "model": result.model,
         "seconds": round(seconds, 3),
     }
+    if result.alias:
+        state["active_alias"] = f"{result.alias} -> {result.alias_serves or '(not yet)'}"
+    return state
 
 
 def table_asset(
@@ -103,7 +110,9 @@ def table_asset(
         "name": table.name,
         "partitions_def": partitions,
         "group_name": GROUP,
-        "kinds": {"postgres", "qdrant"},
+        # Where the rows come from, where the points go, and who embeds them.
+        "kinds": {"postgres", "qdrant"}
+        | {PROVIDER_KINDS[model.provider] for model in config.embeddings.models.values()},
         "description": (
             f"Rows of `{schema}.{table.table}` embedded into Qdrant, one partition per "
             f"embedding model. Materializing a partition embeds the rows whose `embedded_in` "
@@ -186,13 +195,21 @@ def _scaled_out_asset(
     def record(
         context: dg.OpExecutionContext,
         postgres: PostgresResource,
+        qdrant: QdrantResource,
         embeddings: EmbeddingsResource,
     ) -> None:
         done = _worker_results(context, {step.name for step in steps})
-        model = embeddings.project.embeddings.models[context.partition_key]
+        project = embeddings.project
+        model = project.embeddings.models[context.partition_key]
         collection = collection_name_for(table.collection_base, model.id)
+        alias = project.tables.alias_for(table.collection_base)
         with postgres.connect() as conn:
-            counts = SourceTable.for_config(conn, embeddings.project, table).counts(collection)
+            counts = SourceTable.for_config(conn, project, table).counts(collection)
+            if alias is not None and context.partition_key == project.embeddings.default:
+                # The workers each tried; the last to finish found the collection complete.
+                with qdrant.client() as client:
+                    served = update_active_alias(conn, client, project, table.collection_base)
+                done["active_alias"] = f"{alias} -> {served or '(not yet)'}"
         started = context.instance.get_run_stats(context.run_id).start_time
         seconds = time.time() - started if started else 0.0
         context.log.info(
@@ -217,9 +234,9 @@ def _scaled_out_asset(
     return _sync
 
 
-def _worker_results(context: dg.OpExecutionContext, worker_steps: set[str]) -> dict[str, int]:
+def _worker_results(context: dg.OpExecutionContext, worker_steps: set[str]) -> dict[str, Any]:
     """The sums of the workers' output metadata, from this run's event log."""
-    totals = dict.fromkeys(SUMMED, 0)
+    totals: dict[str, Any] = dict.fromkeys(SUMMED, 0)
     records = context.instance.get_records_for_run(
         context.run_id, of_type=dg.DagsterEventType.STEP_OUTPUT
     ).records

@@ -1,6 +1,7 @@
-"""Sensors: launch a run per requested session, write session outcomes back, and launch a sync
-when rows are pending."""
+"""Sensors: launch a run per requested session, write session outcomes back, launch a sync
+when rows are pending, and record pending rows for the UI."""
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -205,3 +206,44 @@ def pending_rows_launcher(project: ProjectConfig, job: "AssetJob"):
         )
 
     return pending_rows
+
+
+def pending_rows_observer(project: ProjectConfig):
+    """Records pending rows per table and model as asset observations, so the UI shows what a
+    sync would do before anyone launches one. Only changes are recorded: the cursor keeps the
+    last counts, so an idle pipeline adds nothing to the event log."""
+    interval = project.orchestration.sensors.pending_rows_interval_seconds
+
+    @dg.sensor(
+        name="pending_rows_observer",
+        minimum_interval_seconds=interval,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records each table's pending rows per model as an observation (on "
+        "change): see an asset's partitions or its Events tab.",
+    )
+    def observe(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+        last = json.loads(context.cursor) if context.cursor else {}
+        now: dict[str, int] = {}
+        events = []
+        with postgres.connect() as conn:
+            for table in project.tables.tables:
+                source = SourceTable.for_config(conn, project, table)
+                for key, model in project.embeddings.models.items():
+                    collection = collection_name_for(table.collection_base, model.id)
+                    # Served by the partial index: time in the pending rows, not the table.
+                    pending = source.pending_count(collection)
+                    now[f"{table.name}/{key}"] = pending
+                    if last.get(f"{table.name}/{key}") == pending:
+                        continue
+                    events.append(
+                        dg.AssetObservation(
+                            asset_key=dg.AssetKey(table.name),
+                            partition=key,
+                            metadata={"rows_pending": pending, "collection": collection},
+                        )
+                    )
+        if not events:
+            return dg.SkipReason("pending rows unchanged")
+        return dg.SensorResult(asset_events=events, cursor=json.dumps(now, sort_keys=True))
+
+    return observe

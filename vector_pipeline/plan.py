@@ -1,0 +1,135 @@
+"""What a sync would cost before it runs: pending rows, tokens and dollars per table and model.
+
+Tokens are counted with the provider's own tokenizer where it is available offline (OpenAI's
+cl100k_base, exactly; MiniLM's word pieces), and bounded by UTF-8 bytes for Jina, whose
+tokenizer is not (an upper bound). Texts are cut at the model's input limit, as the sync cuts
+them. Up to `sample` pending rows are read; beyond that the count is scaled to all pending rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import psycopg
+
+from vector_pipeline.config import (
+    DeterministicModel,
+    EmbeddingModel,
+    LocalModel,
+    OpenAIModel,
+    ProjectConfig,
+    collection_name_for,
+)
+from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
+from vector_pipeline.source import SourceTable
+
+DEFAULT_SAMPLE = 10_000
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    table: str
+    model: str
+    collection: str
+    pending: int
+    rows_read: int  # pending rows whose text was counted (at most the sample)
+    no_text: int  # of those, rows that would be skipped (no text): never sent
+    tokens: int  # estimated tokens for every pending row
+    exact: bool  # every pending row was counted, with the provider's own tokenizer
+    tokenizer: str
+    price_per_million_tokens: float | None
+    cost: float | None  # US dollars; None when the model has no price
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class _WordPieces:
+    """MiniLM's tokenizer, loaded from the files the local model ships with."""
+
+    name = "word pieces"
+
+    def __init__(self) -> None:
+        from tokenizers import Tokenizer
+
+        from vector_pipeline.embedders.local import _minilm_files
+
+        self._tokenizer = Tokenizer.from_file(str(_minilm_files().tokenizer))
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts))]
+
+
+class _Words:
+    name = "words"
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(text.split()) for text in texts]
+
+
+Counter = Cl100kCounter | Utf8ByteCounter | _WordPieces | _Words
+
+
+def token_counter(model: EmbeddingModel) -> tuple[Counter, bool]:
+    """The counter for `model` and whether it is the provider's exact tokenizer."""
+    if isinstance(model, OpenAIModel):
+        return Cl100kCounter(), True
+    if isinstance(model, LocalModel):
+        return _WordPieces(), True
+    if isinstance(model, DeterministicModel):
+        return _Words(), True
+    return Utf8ByteCounter(), False
+
+
+def price(model: EmbeddingModel) -> float | None:
+    """Dollars per million tokens; 0 for a model that runs here, None when unknown."""
+    if model.price_per_million_tokens is not None:
+        return model.price_per_million_tokens
+    # A model that runs here costs nothing per token.
+    return 0.0 if isinstance(model, LocalModel | DeterministicModel) else None
+
+
+def plan(
+    conn: psycopg.Connection,
+    config: ProjectConfig,
+    models: Sequence[str] | None = None,
+    tables: Sequence[str] | None = None,
+    sample: int = DEFAULT_SAMPLE,
+) -> list[PlanEntry]:
+    """One entry per table and model (default: the default model)."""
+    keys = list(models) or [config.embeddings.default]
+    entries: list[PlanEntry] = []
+    for key in keys:
+        _, model = config.embeddings.model(key)
+        counter, exact_tokenizer = token_counter(model)
+        limit = model.max_tokens_per_input if hasattr(model, "max_tokens_per_input") else None
+        for table in config.tables.tables:
+            if tables and table.name not in tables:
+                continue
+            collection = collection_name_for(table.collection_base, model.id)
+            source = SourceTable.for_config(conn, config, table)
+            pending = source.pending_count(collection)
+            texts = source.pending_texts(collection, sample) if pending else []
+            wanted = [text for text in texts if text is not None]
+            counts = counter.count(wanted) if wanted else []
+            counted = sum(min(c, limit) if limit else c for c in counts)
+            everything = len(texts) >= pending
+            tokens = counted if everything else round(counted * pending / max(len(texts), 1))
+            per_million = price(model)
+            entries.append(
+                PlanEntry(
+                    table=table.name,
+                    model=key,
+                    collection=collection,
+                    pending=pending,
+                    rows_read=len(texts),
+                    no_text=len(texts) - len(wanted),
+                    tokens=tokens,
+                    exact=everything and exact_tokenizer,
+                    tokenizer=counter.name,
+                    price_per_million_tokens=per_million,
+                    cost=None if per_million is None else tokens * per_million / 1_000_000,
+                )
+            )
+    return entries

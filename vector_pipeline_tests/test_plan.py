@@ -1,0 +1,100 @@
+"""`plan`: pending rows, tokens and cost before anything is sent, and the estimate holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+
+from vector_pipeline.cli import main
+from vector_pipeline.config import load_config
+from vector_pipeline.database_setup import setup_database
+from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.plan import plan
+from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
+from vector_pipeline_tests.openai_server import FakeOpenAIServer
+
+PRICE = 0.02  # dollars per million tokens, text-embedding-3-small's list price
+
+
+def priced_project(conn, schema, tmp_path, url: str = "http://127.0.0.1:9/v1"):
+    config = load_config(
+        write_config(
+            tmp_path / "c",
+            schema,
+            extra_models=(
+                "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
+                f"  api_key: ${{VP_PLAN_KEY}}\n  base_url: {url}\n"
+                f"  price_per_million_tokens: {PRICE}\n  max_tokens_per_input: 40\n"
+            ),
+        )
+    )
+    setup_database(conn, config)
+    return config
+
+
+def test_the_plan_is_what_the_provider_then_bills(conn, schema, tmp_path, qdrant_path, monkeypatch):
+    create_doc_table(conn, schema, 150)
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("UPDATE {} SET title = NULL, body = NULL WHERE id <= 5").format(doc))
+    conn.execute(
+        sql.SQL("UPDATE {} SET body = repeat('long words ', 100) WHERE id = 9").format(doc)
+    )
+    monkeypatch.delenv("VP_PLAN_KEY", raising=False)  # a plan needs no key: nothing is sent
+    with FakeOpenAIServer(api_key="k", dimensions=8) as server:
+        config = priced_project(conn, schema, tmp_path, server.url)
+        (entry,) = plan(conn, config, ["api"])
+        assert server.requests == []
+
+        monkeypatch.setenv("VP_PLAN_KEY", "k")
+        with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
+            result = sync_model(config, conn, qdrant, "api")
+
+    assert (entry.pending, entry.rows_read, entry.no_text) == (150, 150, 5)
+    assert entry.exact and entry.tokenizer == "cl100k_base"
+    # The server counts with OpenAI's tokenizer and reports usage; the sync adds it up. Row 9
+    # is cut at the 40-token input limit in both.
+    assert result.truncated == 1
+    assert entry.tokens == result.tokens
+    assert entry.cost == pytest.approx(result.tokens * PRICE / 1_000_000)
+    (after,) = plan(conn, config, ["api"])
+    assert (after.pending, after.tokens, after.cost) == (0, 0, 0.0)
+
+
+def test_a_sample_is_scaled_to_every_pending_row(conn, schema, tmp_path):
+    create_doc_table(conn, schema, 400)
+    config = priced_project(conn, schema, tmp_path)
+    (full,) = plan(conn, config, ["api"])
+    (sampled,) = plan(conn, config, ["api"], sample=100)
+    assert (full.exact, sampled.exact, sampled.rows_read) == (True, False, 100)
+    assert sampled.pending == full.pending == 400
+    assert sampled.tokens == pytest.approx(full.tokens, rel=0.1)
+
+
+def test_plan_command_prints_tokens_and_cost_without_an_api_key(
+    conn, schema, tmp_path, database_url, monkeypatch
+):
+    create_doc_table(conn, schema, 60)
+    config = priced_project(conn, schema, tmp_path)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.delenv("VP_PLAN_KEY", raising=False)
+    runner = CliRunner()
+    base = ["--config-dir", str(config.config_dir), "plan"]
+
+    shown = runner.invoke(main, [*base, "--model", "api", "--model", "det_a"])
+    assert shown.exit_code == 0, shown.output
+    (entry,) = plan(conn, config, ["api"])
+    lines = shown.output.splitlines()
+    assert lines[0].split() == ["table", "model", "pending", "tokens", "cost"]
+    assert lines[1].split() == ["doc", "api", "60", f"{entry.tokens:,}", f"${entry.cost:,.4f}"]
+    assert lines[2].split() == ["doc", "det_a", "60", lines[2].split()[3], "$0.0000"]
+    assert "api: tokens counted with cl100k_base; $0.02 per 1M tokens" in shown.output
+
+    as_json = runner.invoke(main, [*base, "--model", "api", "--json"])
+    assert json.loads(as_json.output)[0]["tokens"] == entry.tokens
+
+    unknown = runner.invoke(main, [*base, "--table", "nope"])
+    assert unknown.exit_code != 0 and "unknown table 'nope'" in unknown.output
