@@ -341,7 +341,7 @@ def _sync_pending(
     """
     table = source.config
     concurrency = max(1, int(getattr(embedder, "max_concurrent_requests", 1)))
-    in_flight: deque[Future[EmbeddedBatch]] = deque()
+    in_flight: deque[tuple[list[SourceRow], Future[EmbeddedBatch]]] = deque()
     failed = threading.Event()
 
     def embed(rows: list[SourceRow]) -> EmbeddedBatch:
@@ -356,7 +356,23 @@ def _sync_pending(
             raise
 
     def write_oldest() -> None:
-        batch = in_flight.popleft().result()
+        rows, future = in_flight.popleft()
+        try:
+            batch = future.result()
+        except _PipelineStopped:
+            raise
+        except Exception as exc:
+            # The error says what went wrong; this line says which rows it concerned.
+            log.warning(
+                "%s -> %s: batch of %d rows (ids %s..%s) failed: %s",
+                table.name,
+                collection,
+                len(rows),
+                rows[0].key,
+                rows[-1].key,
+                exc,
+            )
+            raise
         report = write_batch(
             batch, source=source, qdrant=qdrant, collection=collection, result=result
         )
@@ -386,7 +402,7 @@ def _sync_pending(
                 if texts and not admit(texts):
                     refused = len(rows)
                     break
-            in_flight.append(pool.submit(embed, rows))
+            in_flight.append((rows, pool.submit(embed, rows)))
             while len(in_flight) > concurrency:
                 write_oldest()
         while in_flight:

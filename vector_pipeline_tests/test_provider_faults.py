@@ -341,9 +341,13 @@ def test_a_persistent_fault_fails_clearly_and_keeps_earlier_batches(
     fault: Fault,
     error_type: type[EmbeddingError],
     says: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server.fail_always(fault, after=2)  # two batches get through, then nothing does
-    error = failing_sync(project, conn, qdrant, max_retries=1)
+    with caplog.at_level(logging.WARNING, logger="vector_pipeline.sync"):
+        error = failing_sync(project, conn, qdrant, max_retries=1)
+    # The log names the rows the failure concerned, beside the error itself.
+    assert f"batch of {BATCH} rows (ids 41..60) failed: {WHO}" in caplog.text
 
     assert type(error) is error_type
     message = str(error)
