@@ -73,12 +73,7 @@ class Claims:
         return sql.SQL(
             "{key_text} NOT IN (SELECT c.row_key FROM {claims} AS c "
             "WHERE c.table_name = {name} AND c.collection = {collection})"
-        ).format(
-            claims=self.relation,
-            name=sql.Literal(self.table_name),
-            collection=sql.Literal(collection),
-            key_text=key_text,
-        )
+        ).format(**self._names(collection), key_text=key_text)
 
     def insert(
         self, collection: str, picked: sql.Composable, key_text: sql.Identifier
@@ -89,14 +84,20 @@ class Claims:
             "SELECT {name}, {collection}, {key_text}, {pid}, {started} FROM {picked} "
             "ON CONFLICT DO NOTHING RETURNING row_key"
         ).format(
-            claims=self.relation,
-            name=sql.Literal(self.table_name),
-            collection=sql.Literal(collection),
+            **self._names(collection),
             key_text=key_text,
             pid=sql.Literal(self.worker.pid),
             started=sql.Literal(self.worker.backend_start),
             picked=picked,
         )
+
+    def _names(self, collection: str) -> dict[str, sql.Composable]:
+        """The claim table and the literals naming this table's claims on `collection`."""
+        return {
+            "claims": self.relation,
+            "name": sql.Literal(self.table_name),
+            "collection": sql.Literal(collection),
+        }
 
     def claim_keys(self, collection: str, keys: Sequence[Any]) -> list[Any]:
         """Claim `keys` (Python values) for this session; return the ones it got."""

@@ -186,3 +186,28 @@ def sync_model(
         batch_size=batch_size,
         **kwargs,
     )
+
+
+# The environment variable the loopback-API models of `api_project` read their key from.
+API_KEY_VARIABLE = "VP_TEST_API_KEY"
+
+
+def api_project(
+    conn: psycopg.Connection, schema: str, tmp_path: Path, url: str, **settings: object
+) -> ProjectConfig:
+    """A set-up project (the `doc` table's config) whose default model `api` is an OpenAI
+    model (8-d) at `url`, the loopback server, with extra model `settings`."""
+    extra = "".join(f"  {key}: {value}\n" for key, value in settings.items())
+    config = load_config(
+        write_config(
+            tmp_path / "c",
+            schema,
+            default="api",
+            extra_models=(
+                "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
+                f"  api_key: ${{{API_KEY_VARIABLE}}}\n  base_url: {url}\n{extra}"
+            ),
+        )
+    )
+    setup_database(conn, config)
+    return config

@@ -7,13 +7,11 @@ import dagster as dg
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import load_config
-from vector_pipeline.database_setup import setup_database
 from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
 from vector_pipeline.orchestration.session_write_back import SESSION_TAG
 from vector_pipeline.sessions import SessionStore
-from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.conftest import API_KEY_VARIABLE, api_project, create_doc_table
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, count_cl100k
 
 PRICE = 0.02  # dollars per million tokens
@@ -22,19 +20,9 @@ BATCH = 20
 
 def run_session(conn, schema, tmp_path, qdrant_path, database_url, priced=True, **budget):
     """Create a session for the `api` model with `budget` and run it as Dagster would."""
-    price = f"  price_per_million_tokens: {PRICE}\n" if priced else ""
+    price = {"price_per_million_tokens": PRICE} if priced else {}
     with FakeOpenAIServer(api_key="k", dimensions=8) as server:
-        config = load_config(
-            write_config(
-                tmp_path / "c",
-                schema,
-                extra_models=(
-                    "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
-                    f"  api_key: ${{VP_BUDGET_KEY}}\n  base_url: {server.url}\n{price}"
-                ),
-            )
-        )
-        setup_database(conn, config)
+        config = api_project(conn, schema, tmp_path, server.url, **price)
         store = SessionStore(conn, schema)
         session_id = store.create("api", **budget)
         defs = build_definitions(
@@ -71,7 +59,7 @@ def marked(conn, schema) -> int:
 def test_a_budget_stops_the_run_before_it_overspends_and_keeps_the_progress(
     conn, schema, tmp_path, qdrant_path, database_url, monkeypatch, budget
 ):
-    monkeypatch.setenv("VP_BUDGET_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, 200)
     session, billed = run_session(conn, schema, tmp_path, qdrant_path, database_url, **budget)
 
@@ -92,7 +80,7 @@ def test_a_budget_stops_the_run_before_it_overspends_and_keeps_the_progress(
 def test_a_cost_budget_needs_a_price(
     conn, schema, tmp_path, qdrant_path, database_url, monkeypatch
 ):
-    monkeypatch.setenv("VP_BUDGET_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, 30)
     session, billed = run_session(
         conn, schema, tmp_path, qdrant_path, database_url, priced=False, cost_budget=1
@@ -105,7 +93,7 @@ def test_a_cost_budget_needs_a_price(
 def test_a_budget_that_covers_everything_changes_nothing(
     conn, schema, tmp_path, qdrant_path, database_url, monkeypatch
 ):
-    monkeypatch.setenv("VP_BUDGET_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, 50)
     session, billed = run_session(
         conn, schema, tmp_path, qdrant_path, database_url, token_budget=10**6

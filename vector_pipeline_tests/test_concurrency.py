@@ -5,43 +5,28 @@ from __future__ import annotations
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import ProjectConfig, load_config
-from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import EmbeddingError
 from vector_pipeline.embedders.rate_limit import RateLimiter, parse_reset
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
+from vector_pipeline_tests.conftest import (
+    API_KEY_VARIABLE,
+    api_project,
+    create_doc_table,
+    sync_model,
+)
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
-
-
-def api_project(conn, schema, tmp_path, server, **settings: int) -> ProjectConfig:
-    """A set-up project whose default model is the loopback API with `settings`."""
-    extra = "".join(f"  {key}: {value}\n" for key, value in settings.items())
-    config = load_config(
-        write_config(
-            tmp_path / "c",
-            schema,
-            default="api",
-            extra_models=(
-                "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
-                f"  api_key: ${{VP_CONCURRENCY_KEY}}\n  base_url: {server.url}\n{extra}"
-            ),
-        )
-    )
-    setup_database(conn, config)
-    return config
 
 
 @pytest.mark.parametrize("in_flight", [1, 4])
 def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
     conn, schema, tmp_path, qdrant_path, monkeypatch, in_flight
 ):
-    monkeypatch.setenv("VP_CONCURRENCY_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, 160)
     with FakeOpenAIServer(api_key="k", dimensions=8, latency=0.15) as server:
-        config = api_project(conn, schema, tmp_path, server, max_concurrent_requests=in_flight)
+        config = api_project(conn, schema, tmp_path, server.url, max_concurrent_requests=in_flight)
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
             result = sync_model(config, conn, qdrant, batch_size=10)
             points = qdrant.count(result.collection, exact=True).count
@@ -62,12 +47,12 @@ def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
 def test_a_persistent_fault_with_requests_in_flight_marks_only_written_rows(
     conn, schema, tmp_path, qdrant_path, monkeypatch
 ):
-    monkeypatch.setenv("VP_CONCURRENCY_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, 300)
     with FakeOpenAIServer(api_key="k", dimensions=8, latency=0.05) as server:
         server.fail_always(Fault.http_status(500), after=5)
         config = api_project(
-            conn, schema, tmp_path, server, max_concurrent_requests=4, max_retries=1
+            conn, schema, tmp_path, server.url, max_concurrent_requests=4, max_retries=1
         )
         table = config.tables.tables[0]
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:

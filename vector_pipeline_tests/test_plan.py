@@ -9,31 +9,25 @@ from click.testing import CliRunner
 from psycopg import sql
 
 from vector_pipeline.cli import main
-from vector_pipeline.config import load_config
-from vector_pipeline.database_setup import setup_database
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.plan import plan
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
+from vector_pipeline_tests.conftest import (
+    API_KEY_VARIABLE,
+    api_project,
+    create_doc_table,
+    sync_model,
+)
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
 PRICE = 0.02  # dollars per million tokens, text-embedding-3-small's list price
 
 
 def priced_project(conn, schema, tmp_path, url: str = "http://127.0.0.1:9/v1"):
-    config = load_config(
-        write_config(
-            tmp_path / "c",
-            schema,
-            extra_models=(
-                "api:\n  provider: openai\n  id: text-embedding-3-small\n  dimensions: 8\n"
-                f"  api_key: ${{VP_PLAN_KEY}}\n  base_url: {url}\n"
-                f"  price_per_million_tokens: {PRICE}\n  max_tokens_per_input: 40\n"
-            ),
-        )
+    """Nothing listens on port 9: a plan must not call the API."""
+    return api_project(
+        conn, schema, tmp_path, url, price_per_million_tokens=PRICE, max_tokens_per_input=40
     )
-    setup_database(conn, config)
-    return config
 
 
 def test_the_plan_is_what_the_provider_then_bills(conn, schema, tmp_path, qdrant_path, monkeypatch):
@@ -43,13 +37,13 @@ def test_the_plan_is_what_the_provider_then_bills(conn, schema, tmp_path, qdrant
     conn.execute(
         sql.SQL("UPDATE {} SET body = repeat('long words ', 100) WHERE id = 9").format(doc)
     )
-    monkeypatch.delenv("VP_PLAN_KEY", raising=False)  # a plan needs no key: nothing is sent
+    monkeypatch.delenv(API_KEY_VARIABLE, raising=False)  # a plan needs no key: nothing is sent
     with FakeOpenAIServer(api_key="k", dimensions=8) as server:
         config = priced_project(conn, schema, tmp_path, server.url)
         (entry,) = plan(conn, config, ["api"])
         assert server.requests == []
 
-        monkeypatch.setenv("VP_PLAN_KEY", "k")
+        monkeypatch.setenv(API_KEY_VARIABLE, "k")
         with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
             result = sync_model(config, conn, qdrant, "api")
 
@@ -80,7 +74,7 @@ def test_plan_command_prints_tokens_and_cost_without_an_api_key(
     create_doc_table(conn, schema, 60)
     config = priced_project(conn, schema, tmp_path)
     monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.delenv("VP_PLAN_KEY", raising=False)
+    monkeypatch.delenv(API_KEY_VARIABLE, raising=False)
     runner = CliRunner()
     base = ["--config-dir", str(config.config_dir), "plan"]
 

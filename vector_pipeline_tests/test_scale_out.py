@@ -22,9 +22,13 @@ from psycopg import sql
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, sync_model
+from vector_pipeline_tests.conftest import (
+    API_KEY_VARIABLE,
+    api_project,
+    create_doc_table,
+    sync_model,
+)
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
-from vector_pipeline_tests.test_concurrency import api_project
 
 WORKERS = 3
 ROWS = 600
@@ -47,11 +51,11 @@ def marked(conn: psycopg.Connection, schema: str) -> int:
 def test_workers_share_the_rows_and_embed_each_exactly_once(
     conn, schema, tmp_path, database_url, monkeypatch
 ):
-    monkeypatch.setenv("VP_CONCURRENCY_KEY", "k")
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
     create_doc_table(conn, schema, ROWS)
     with FakeOpenAIServer(api_key="k", dimensions=8, latency=0.02) as server:
         server.gate(WORKERS)
-        config = api_project(conn, schema, tmp_path, server, max_concurrent_requests=1)
+        config = api_project(conn, schema, tmp_path, server.url, max_concurrent_requests=1)
         stores = [str(tmp_path / f"qdrant-{n}") for n in range(WORKERS)]
         env = {**os.environ, "DATABASE_URL": database_url}
         env["VECTOR_PIPELINE_CONFIG_DIR"] = str(config.config_dir)
