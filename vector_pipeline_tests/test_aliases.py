@@ -3,6 +3,7 @@ model's collection only when that holds every row, in one atomic alias update.""
 
 from __future__ import annotations
 
+import fcntl
 import json
 
 import pytest
@@ -124,3 +125,18 @@ def test_a_bad_alias_template_is_refused(tmp_path, schema, value, match):
     (directory / "tables.yaml").write_text(f'active_alias: "{value}"\n' + tables)
     with pytest.raises(ConfigError, match=f"tables.yaml: active_alias: .*{match}"):
         load_config(directory)
+
+
+def test_status_does_not_wait_for_a_local_folder_a_sync_holds(
+    project, conn, qdrant_path, database_url, monkeypatch
+):
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("QDRANT_PATH", qdrant_path)
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    # What a running sync in another process holds: the lock file beside the folder.
+    with open(qdrant_path + ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        shown = CliRunner().invoke(main, ["--config-dir", str(project.config_dir), "status"])
+    assert shown.exit_code == 0, shown.output
+    assert "aliases not shown: Qdrant local storage" in shown.output
+    assert shown.output.splitlines()[1].split()[:4] == ["doc", "det_a", OLD, "120"]
