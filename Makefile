@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint format dev clean
+.PHONY: install chromium demo test bench lint format dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vector-pipeline demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/pytest -q
+
+# The browser test drives Debian's Chromium (Playwright never downloads one here). Install it
+# with apt when it is missing; VP_CHROMIUM names another Chromium and skips this.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@if [ -z "$$VP_CHROMIUM" ] && [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian's chromium for the browser test"; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null || \
+		{ $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null; }; \
+	fi
 
 # Benchmarks (outside the test suite; needs PostgreSQL on 127.0.0.1:5432, ~12 min on 2 cores):
 # prints a table and writes BENCHMARKS.md. `make bench BENCH_ARGS=--quick` for a smoke run.

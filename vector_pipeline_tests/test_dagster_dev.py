@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60
+MEMO_ROWS = 20
 SENTINEL_KEY = "sk-e2e-sentinel-9f8e7d6c5b4a"
 # Bounds, not sleeps: each wait polls its condition and fails with what it saw.
 START_TIMEOUT = 120
@@ -77,6 +79,7 @@ class DagsterDev:
     database_url: str
     qdrant_path: str
     log: Path
+    tables: list[str]
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -123,11 +126,11 @@ class DagsterDev:
             self.log,
         )
 
-    def marked(self, collection: str) -> int:
+    def marked(self, collection: str, table: str = "doc") -> int:
         with psycopg.connect(self.database_url) as conn:
             return conn.execute(
                 sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-                    sql.Identifier(self.schema, "doc")
+                    sql.Identifier(self.schema, table)
                 ),
                 (json.dumps([collection]),),
             ).fetchone()[0]
@@ -147,9 +150,30 @@ def dagster_dev(
     with connect(database_url) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         create_doc_table(conn, schema, ROWS)
+        # A second table, so the UI has more than one asset to show.
+        names = {"memo": sql.Identifier(schema, "memo"), "doc": sql.Identifier(schema, "doc")}
+        conn.execute(sql.SQL("CREATE TABLE {memo} (LIKE {doc} INCLUDING ALL)").format(**names))
+        conn.execute(
+            sql.SQL("INSERT INTO {memo} SELECT * FROM {doc} WHERE id <= %s").format(**names),
+            (MEMO_ROWS,),
+        )
         config_dir = write_config(
             root / "config",
             schema,
+            tables=textwrap.dedent(
+                f"""\
+                schema: {schema}
+                collection_base: test
+                tables:
+                  doc:
+                    data_type: DOC
+                    text_template: "TITLE: {{title}}\\nCONTENT: {{body}}"
+                    payload_columns: [title, category]
+                  memo:
+                    data_type: MEMO
+                    text_template: "{{title}}: {{body}}"
+                """
+            ),
             extra_models=f"""\
             broken:
               provider: openai
@@ -165,6 +189,7 @@ def dagster_dev(
                 """\
                 sensors:
                   sessions_interval_seconds: 1
+                  pending_rows_interval_seconds: 1
                 """
             )
         )
@@ -215,6 +240,7 @@ def dagster_dev(
         database_url=database_url,
         qdrant_path=str(root / "qdrant"),
         log=log,
+        tables=[table.name for table in load_config(config_dir).tables.tables],
     )
     try:
 
@@ -358,3 +384,111 @@ def test_partition_materialization_launched_like_the_ui(dagster_dev: DagsterDev)
 
     assert wait_for(f"run {run_id}", finished, RUN_TIMEOUT, dagster_dev.log) == "SUCCESS"
     assert dagster_dev.marked("test_det-b_hybrid") == ROWS
+
+
+# --- In a real browser: what an operator does in the UI ------------------------------------
+
+# Debian's Chromium (`apt-get install chromium`, which .ci/run does); Playwright never
+# downloads a browser of its own here.
+CHROMIUM = os.environ.get("VP_CHROMIUM", "/usr/bin/chromium")
+# Screenshots land here for a person (or CI) to look at after the run.
+ARTIFACTS = Path(os.environ.get("VP_TEST_ARTIFACTS", REPO_ROOT / "test-artifacts"))
+
+
+@pytest.fixture
+def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():  # a clear failure, never a skip
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium; "
+            ".ci/run does) or point VP_CHROMIUM at one"
+        )
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # Dagster greets a new instance with a newsletter dialog, at a moment of its choosing;
+        # dismiss it whenever it shows up, as a person would.
+        page.add_locator_handler(
+            page.get_by_role("button", name="Skip", exact=True), lambda skip: skip.click()
+        )
+        page.set_default_timeout(60_000)
+        try:
+            yield page
+        finally:
+            # Pass or fail, leave a picture of where the browser ended up.
+            page.screenshot(path=ARTIFACTS / f"{request.node.name}-last.png")
+            browser.close()
+
+
+def test_operator_materializes_one_partition_from_the_ui(
+    dagster_dev: DagsterDev, browser_page: Any
+):
+    """The whole operator story in Chromium: every table on the asset graph with its kinds,
+    what is pending before anything is spent, one partition launched from the Materialize
+    dialog, the run page watched until it succeeds, and its checks there to see."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    table, model, collection = "memo", "det_a", "test_det-a_hybrid"
+    assert table in dagster_dev.tables and len(dagster_dev.tables) > 1
+
+    # The asset graph shows every configured table, with what it reads, writes and calls.
+    page.goto(f"{dagster_dev.url}/asset-groups")
+    graph = page.get_by_role("img").filter(has_text="Latest event")
+    for name in dagster_dev.tables:
+        expect(graph.get_by_text(name, exact=True)).to_be_visible()
+    for kind in ("Postgres", "qdrant", "OpenAI"):
+        expect(graph.get_by_text(kind, exact=True).first).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "ui-asset-graph.png")
+
+    # The catalog leads to the table's page: its description, and the pending rows the
+    # observer sensor recorded before any sync ran.
+    page.get_by_role("link", name="Catalog").click()
+    page.locator(f'a[href="/assets/{table}"]').first.click()
+    page.wait_for_url(f"**/assets/{table}**")
+    expect(
+        page.get_by_text("embedded into Qdrant, one partition per embedding model")
+    ).to_be_visible()
+    pending = page.get_by_role("row").filter(has_text="rows_pending")
+    expect(pending.get_by_role("cell", name=str(MEMO_ROWS), exact=True)).to_be_visible()
+
+    # Materialize one partition, as the dialog offers it.
+    page.get_by_role("button", name="Materialize…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_text(f"Launch runs to materialize {table}")).to_be_visible()
+    dialog.get_by_text("Select a partition or create one").click()
+    page.get_by_placeholder("Filter partitions").fill(model)
+    page.get_by_text(model, exact=True).first.click()
+    page.keyboard.press("Escape")  # close the partition list, not the dialog
+    dialog.get_by_role("button", name="Launch 1 run").click()
+
+    # The toast links to the run; watch it there until it ends.
+    page.get_by_role("link", name="View", exact=True).click()
+    page.wait_for_url("**/runs/*")
+    run_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    outcome = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
+    expect(outcome).to_be_visible(timeout=RUN_TIMEOUT * 1000)
+    assert outcome.inner_text() == "Success", dagster_dev.run_status(run_id)
+    # The run page names its partition, and its log shows the model's check passing.
+    expect(page.get_by_text(f"partition: {model}")).to_be_visible()
+    log_filter = page.get_by_placeholder("Filter…")
+    log_filter.fill(f"step:{table}_{model}_in_sync")
+    log_filter.press("Enter")
+    expect(
+        page.get_by_text(f"Check {model}_in_sync succeeded for materialization of {table}.")
+    ).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "ui-run-page.png")
+
+    # What the browser showed is what happened: that partition of that table, and no other.
+    run = dagster_dev.graphql(
+        "query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } "
+        "assetSelection { path } } } }",
+        {"id": run_id},
+    )["runOrError"]
+    assert run["status"] == "SUCCESS"
+    assert {"key": "dagster/partition", "value": model} in run["tags"]
+    assert run["assetSelection"] == [{"path": [table]}]
+    assert dagster_dev.marked(collection, table) == MEMO_ROWS
+    assert (ARTIFACTS / "ui-run-page.png").stat().st_size > 10_000
