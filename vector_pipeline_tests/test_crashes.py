@@ -19,6 +19,7 @@ from psycopg import sql
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline_tests.conftest import sync_model
 
 ROWS = 1500
 BATCH = 150  # two upsert chunks per batch (128 + 22)
@@ -74,8 +75,9 @@ def test_sigkill_then_one_rerun_leaves_everything_exact(
     doc = sql.Identifier(schema, "doc")
     # A first, complete sync; then work for the crashing one: deletes to drain, rows with no
     # text to skip, 1,000 edited rows to re-embed (7 batches) and 500 rows to leave alone.
-    first = run_sync(project, database_url, qdrant_path, None)
-    assert first.returncode == 0, first.stderr
+    # The setup sync runs in this process: only the crash and the rerun need their own.
+    with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
+        assert sync_model(project, conn, qdrant, batch_size=BATCH).embedded == ROWS
     conn.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(doc), (DELETED,))
     conn.execute(sql.SQL("UPDATE {} SET body = body || ' (v2)' WHERE id > 500").format(doc))
     conn.execute(
