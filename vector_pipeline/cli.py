@@ -163,7 +163,7 @@ def _sync_with_progress(
     batch_size: int,
 ) -> None:
     collection = collection_name_for(table.collection_base, embedder.model_id)
-    pending = SourceTable.for_config(conn, config, table).counts(collection).pending
+    pending = SourceTable.for_config(conn, config, table).pending_count(collection)
     with tqdm(
         total=pending, desc=f"{table.name} -> {embedder.model_key}", unit="row", file=sys.stderr
     ) as bar:

@@ -74,6 +74,9 @@ def test_bad_rows_sync_or_are_skipped_with_a_reason(project, conn, qdrant, schem
 
     # ... until its text changes; then it syncs and its skip record goes.
     conn.execute(sql.SQL("UPDATE {} SET body = 'now with text' WHERE id = 21").format(doc))
+    counts = source.counts(COLLECTION)  # its skip no longer matches its text: pending again
+    assert (counts.total, counts.embedded, counts.skipped, counts.pending) == (120, 117, 2, 1)
+    assert source.pending_count(COLLECTION) == 1
     fixed = sync(project, conn, qdrant)
     assert (fixed.embedded, fixed.skipped) == (1, 0)
     assert [key for _, key, _, _ in source.skipped_rows()] == ["20", "22"]
