@@ -388,7 +388,7 @@ def test_partition_materialization_launched_like_the_ui(dagster_dev: DagsterDev)
 
 # --- In a real browser: what an operator does in the UI ------------------------------------
 
-# Debian's Chromium (`apt-get install chromium`, which .ci/run does); Playwright never
+# Debian's Chromium (`apt-get install chromium`, which `make test` does); Playwright never
 # downloads a browser of its own here.
 CHROMIUM = os.environ.get("VP_CHROMIUM", "/usr/bin/chromium")
 # Screenshots land here for a person (or CI) to look at after the run.
@@ -402,7 +402,7 @@ def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
     if not Path(CHROMIUM).exists():  # a clear failure, never a skip
         pytest.fail(
             f"no Chromium at {CHROMIUM}: install Debian's package (apt-get install chromium; "
-            ".ci/run does) or point VP_CHROMIUM at one"
+            "make test does) or point VP_CHROMIUM at one"
         )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
