@@ -28,7 +28,8 @@ chromium:
 	@if [ -z "$$VP_CHROMIUM" ] && [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Debian's chromium for the browser test"; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null || \
-		{ $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null; }; \
+		{ $(SUDO) apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
+		{ echo "could not install chromium: install Debian's package yourself, or set VP_CHROMIUM to a Chromium binary" >&2; exit 1; }; \
 	fi
 
 # Benchmarks (outside the test suite; needs PostgreSQL on 127.0.0.1:5432, ~12 min on 2 cores):
