@@ -252,6 +252,11 @@ class TableConfig(_Strict):
         }
         return self.text_template.format_map(values)
 
+    def has_text(self, row: dict[str, Any]) -> bool:
+        """Whether some text column holds non-blank text; a row without any is skipped, never
+        sent (the sync, `plan` and the reconciliation all use this one test)."""
+        return any(row[c] is not None and str(row[c]).strip() for c in self.text_columns)
+
 
 def template_columns(template: str) -> tuple[str, ...]:
     """The column names a `str.format` template refers to, in order, each once.

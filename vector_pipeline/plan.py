@@ -82,6 +82,15 @@ def token_counter(model: EmbeddingModel) -> tuple[Counter, bool]:
     return Utf8ByteCounter(), False
 
 
+def capped_tokens(counter: Counter, model: EmbeddingModel, texts: Sequence[str]) -> int:
+    """The tokens `texts` would send to `model`: each cut at the model's input limit, as the
+    sync cuts it."""
+    if not texts:
+        return 0
+    cap = getattr(model, "max_tokens_per_input", None)
+    return sum(min(n, cap) if cap else n for n in counter.count(texts))
+
+
 def price(model: EmbeddingModel) -> float | None:
     """Dollars per million tokens; 0 for a model that runs here, None when unknown."""
     if model.price_per_million_tokens is not None:
@@ -103,7 +112,6 @@ def plan(
     for key in keys:
         _, model = config.embeddings.model(key)
         counter, exact_tokenizer = token_counter(model)
-        limit = model.max_tokens_per_input if hasattr(model, "max_tokens_per_input") else None
         for table in config.tables.tables:
             if tables and table.name not in tables:
                 continue
@@ -112,8 +120,7 @@ def plan(
             pending = source.pending_count(collection)
             texts = source.pending_texts(collection, sample) if pending else []
             wanted = [text for text in texts if text is not None]
-            counts = counter.count(wanted) if wanted else []
-            counted = sum(min(c, limit) if limit else c for c in counts)
+            counted = capped_tokens(counter, model, wanted)
             everything = len(texts) >= pending
             tokens = counted if everything else round(counted * pending / max(len(texts), 1))
             per_million = price(model)

@@ -255,7 +255,7 @@ def _scan(
         if not is_embedded:
             continue
         embedded += 1
-        if not _has_text(values):
+        if not table.has_text(values):
             # A sync skips a row without text: it should hold no point.
             if stored is not None:
                 checker.add(_Candidate(key, point, None))
@@ -333,11 +333,6 @@ def _stream_rows(
         cursor.execute(query)
         for record in cursor:
             yield record[0], dict(zip(text_columns, record[1:-1], strict=True)), record[-1]
-
-
-def _has_text(values: dict[str, Any]) -> bool:
-    """The sync's test: a row is embedded only if some text column holds non-blank text."""
-    return any(value is not None and str(value).strip() for value in values.values())
 
 
 # --- repair --------------------------------------------------------------------------------

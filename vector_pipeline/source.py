@@ -264,8 +264,7 @@ class SourceTable:
         with self.conn.cursor() as cursor:
             for values in cursor.execute(query, (limit,)):
                 row = dict(zip(columns, values, strict=True))
-                has_text = any(v is not None and str(v).strip() for v in values)
-                texts.append(self.config.render_text(row) if has_text else None)
+                texts.append(self.config.render_text(row) if self.config.has_text(row) else None)
         return texts
 
     def pending_count(self, collection: str) -> int:

@@ -45,6 +45,7 @@ def sync_status(
         *(key for key in embeddings.models if key != embeddings.default),
     ]
     statuses = []
+    served: dict[str, str | None] = {}  # alias -> the collection it serves
     for table_config in config.tables.tables:
         if tables and table_config.name not in tables:
             continue
@@ -56,7 +57,9 @@ def sync_status(
             alias = config.tables.alias_for(table_config.collection_base)
             serves = None
             if alias is not None and qdrant is not None:
-                serves = serving(qdrant, alias) == collection
+                if alias not in served:  # one lookup per alias, not per table and model
+                    served[alias] = serving(qdrant, alias)
+                serves = served[alias] == collection
             statuses.append(
                 TableStatus(
                     table=table_config.name,

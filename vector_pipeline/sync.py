@@ -118,13 +118,6 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _has_text(table: TableConfig, row: SourceRow) -> bool:
-    return any(
-        row.values[column] is not None and str(row.values[column]).strip()
-        for column in table.text_columns
-    )
-
-
 def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
     name = row.values.get(table.name_column) if table.name_column else None
     meta = {
@@ -179,8 +172,8 @@ def embed_batch(
     thread reads the next batch and writes the previous one.
     """
     started = time.perf_counter()
-    wanted = [row for row in rows if _has_text(table, row)]
-    skipped = [row for row in rows if not _has_text(table, row)]
+    wanted = [row for row in rows if table.has_text(row.values)]
+    skipped = [row for row in rows if not table.has_text(row.values)]
     texts = [table.render_text(row.values) for row in wanted]
     if not wanted:
         return EmbeddedBatch(rows, wanted, skipped, [], (), 0, started)
@@ -398,7 +391,9 @@ def _sync_pending(
         for rows in source.pending_batches(collection, batch_size):
             failpoint("after_read")
             if admit is not None:
-                texts = [table.render_text(row.values) for row in rows if _has_text(table, row)]
+                texts = [
+                    table.render_text(row.values) for row in rows if table.has_text(row.values)
+                ]
                 if texts and not admit(texts):
                     refused = len(rows)
                     break

@@ -59,8 +59,10 @@ def write_config(
     default: str = "det_a",
     extra_models: str = "",
     tables: str | None = None,
+    extra_tables: str = "",
 ) -> Path:
-    """A config folder with two deterministic models (16-d and 24-d) and one `doc` table."""
+    """A config folder with two deterministic models (16-d and 24-d) and one `doc` table;
+    `extra_models` / `extra_tables` add entries, `tables` replaces the whole tables.yaml."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "embeddings.yaml").write_text(
         textwrap.dedent(
@@ -94,6 +96,7 @@ def write_config(
                 payload_columns: [title, category]
             """
         )
+        + textwrap.indent(textwrap.dedent(extra_tables), "  ")
     )
     return directory
 

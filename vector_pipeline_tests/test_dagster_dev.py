@@ -160,20 +160,11 @@ def dagster_dev(
         config_dir = write_config(
             root / "config",
             schema,
-            tables=textwrap.dedent(
-                f"""\
-                schema: {schema}
-                collection_base: test
-                tables:
-                  doc:
-                    data_type: DOC
-                    text_template: "TITLE: {{title}}\\nCONTENT: {{body}}"
-                    payload_columns: [title, category]
-                  memo:
-                    data_type: MEMO
-                    text_template: "{{title}}: {{body}}"
-                """
-            ),
+            extra_tables="""\
+            memo:
+              data_type: MEMO
+              text_template: "{title}: {body}"
+            """,
             extra_models=f"""\
             broken:
               provider: openai

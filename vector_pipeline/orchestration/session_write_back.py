@@ -8,7 +8,7 @@ import dagster as dg
 
 from vector_pipeline.config import ProjectConfig
 from vector_pipeline.orchestration.resources import PostgresResource
-from vector_pipeline.plan import token_counter
+from vector_pipeline.plan import capped_tokens, token_counter
 from vector_pipeline.sessions import (
     SessionStore,
     pending_total,
@@ -71,10 +71,9 @@ def session_write_back(
             admit = None
             if limit is not None:
                 counter, _ = token_counter(model)
-                cap = getattr(model, "max_tokens_per_input", None)
 
                 def admit(texts: Sequence[str]) -> bool:
-                    tokens = sum(min(n, cap) if cap else n for n in counter.count(texts))
+                    tokens = capped_tokens(counter, model, texts)
                     return store.reserve_tokens(session_id, tokens, limit)
 
             yield SessionHooks(on_batch=report, admit=admit)
