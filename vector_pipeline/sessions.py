@@ -13,6 +13,7 @@ import decimal
 import math
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,9 @@ class Session:
     token_budget: int | None = None
     cost_budget: decimal.Decimal | None = None
     tokens_used: int = 0
+    # Drawn by the database for each session: what ties a Dagster run to this very session,
+    # since ids repeat after `TRUNCATE ... RESTART IDENTITY` or across source databases.
+    run_token: uuid.UUID | None = None
 
     @property
     def finished(self) -> bool:
@@ -66,14 +70,25 @@ class Session:
 
 
 class SessionStore:
-    """The `embedding_session` table in `schema`, over an autocommit connection."""
+    """The `embedding_session` table in `schema`, over an autocommit connection.
 
-    def __init__(self, conn: psycopg.Connection, schema: str) -> None:
+    With `run_token`, every write also requires the session's token (`Session.run_token`): a
+    run launched for an earlier session with the same id never touches a later one.
+    """
+
+    def __init__(self, conn: psycopg.Connection, schema: str, run_token: str | None = None) -> None:
         self.conn = conn
         self.table = sql.Identifier(schema, SESSION_TABLE)
+        self.run_token = run_token
 
-    def _execute(self, query: str, params: tuple[Any, ...] = ()) -> psycopg.Cursor:
-        return self.conn.execute(sql.SQL(query).format(table=self.table), params)
+    def _execute(self, query: str, params: dict[str, Any]) -> psycopg.Cursor:
+        """Run `query` with `{table}` and `{this}` (the session `%(id)s`, and its run token
+        when the store has one) filled in; values always go as named parameters."""
+        this = "id = %(id)s AND (%(run_token)s::uuid IS NULL OR run_token = %(run_token)s::uuid)"
+        return self.conn.execute(
+            sql.SQL(query).format(table=self.table, this=sql.SQL(this)),
+            {**params, "run_token": self.run_token},
+        )
 
     def create(
         self,
@@ -85,8 +100,13 @@ class SessionStore:
     ) -> int:
         row = self._execute(
             "INSERT INTO {table} (model, tables, token_budget, cost_budget) "
-            "VALUES (%s, %s, %s, %s) RETURNING id",
-            (model, tables or None, token_budget, cost_budget),
+            "VALUES (%(model)s, %(tables)s, %(token_budget)s, %(cost_budget)s) RETURNING id",
+            {
+                "model": model,
+                "tables": tables or None,
+                "token_budget": token_budget,
+                "cost_budget": cost_budget,
+            },
         ).fetchone()
         return row[0]
 
@@ -96,67 +116,67 @@ class SessionStore:
         One statement, so steps of one run that reserve at once never overspend together.
         """
         cursor = self._execute(
-            "UPDATE {table} SET tokens_used = tokens_used + %s WHERE id = %s "
-            "AND status = 'PROCESSING' AND (%s::bigint IS NULL OR tokens_used + %s <= %s)",
-            (tokens, session_id, limit, tokens, limit),
+            "UPDATE {table} SET tokens_used = tokens_used + %(tokens)s WHERE {this} "
+            "AND status = 'PROCESSING' "
+            "AND (%(limit)s::bigint IS NULL OR tokens_used + %(tokens)s <= %(limit)s)",
+            {"tokens": tokens, "id": session_id, "limit": limit},
         )
         return cursor.rowcount == 1
 
     def get(self, session_id: int) -> Session | None:
-        with self.conn.cursor(row_factory=class_row(Session)) as cursor:
-            cursor.execute(
-                sql.SQL("SELECT * FROM {table} WHERE id = %s").format(table=self.table),
-                (session_id,),
-            )
-            return cursor.fetchone()
+        cursor = self._execute("SELECT * FROM {table} WHERE {this}", {"id": session_id})
+        cursor.row_factory = class_row(Session)
+        return cursor.fetchone()
 
-    def pending(self, after_id: int = 0, limit: int = 50) -> list[Session]:
-        """PENDING sessions after `after_id`, oldest first (served by the partial index)."""
+    def pending(self, after_id: int | None = None, limit: int = 50) -> list[Session]:
+        """PENDING sessions after `after_id` (None: from the first, whatever its id, zero and
+        negative ids included), oldest first (served by the partial index)."""
         with self.conn.cursor(row_factory=class_row(Session)) as cursor:
             cursor.execute(
                 sql.SQL(
-                    "SELECT * FROM {table} WHERE status = 'PENDING' AND id > %s "
-                    "ORDER BY id LIMIT %s"
+                    "SELECT * FROM {table} WHERE status = 'PENDING' "
+                    "AND (%s::bigint IS NULL OR id > %s) ORDER BY id LIMIT %s"
                 ).format(table=self.table),
-                (after_id, limit),
+                (after_id, after_id, limit),
             )
             return cursor.fetchall()
 
     def start(self, session_id: int, run_id: str, total_items: int) -> bool:
         """PENDING -> PROCESSING with the run's total; False if another step got there first."""
         cursor = self._execute(
-            "UPDATE {table} SET status = 'PROCESSING', started_at = now(), run_id = %s, "
-            "total_items = %s, processed_items = 0, progress = 0 "
-            "WHERE id = %s AND status = 'PENDING'",
-            (run_id, total_items, session_id),
+            "UPDATE {table} SET status = 'PROCESSING', started_at = now(), run_id = %(run_id)s, "
+            "total_items = %(total)s, processed_items = 0, progress = 0 "
+            "WHERE {this} AND status = 'PENDING'",
+            {"run_id": run_id, "total": total_items, "id": session_id},
         )
         return cursor.rowcount == 1
 
     def add_progress(self, session_id: int, rows: int) -> None:
         """Count `rows` more as processed, atomically; progress stays below 100 until the end."""
         self._execute(
-            "UPDATE {table} SET processed_items = processed_items + %s, "
+            "UPDATE {table} SET processed_items = processed_items + %(rows)s, "
             # bigint: processed_items * 100 overflows integer past ~21.5 million rows.
-            "progress = LEAST(99, ((processed_items + %s)::bigint * 100) "
+            "progress = LEAST(99, ((processed_items + %(rows)s)::bigint * 100) "
             "/ GREATEST(total_items, 1)) "
-            "WHERE id = %s AND status = 'PROCESSING'",
-            (rows, rows, session_id),
+            "WHERE {this} AND status = 'PROCESSING'",
+            {"rows": rows, "id": session_id},
         )
 
     def complete(self, session_id: int) -> bool:
         cursor = self._execute(
             "UPDATE {table} SET status = 'COMPLETED', progress = 100, finished_at = now(), "
-            "error_message = NULL WHERE id = %s AND status IN ('PENDING', 'PROCESSING')",
-            (session_id,),
+            "error_message = NULL WHERE {this} AND status IN ('PENDING', 'PROCESSING')",
+            {"id": session_id},
         )
         return cursor.rowcount == 1
 
     def fail(self, session_id: int, message: str, run_id: str | None = None) -> bool:
         """Mark an unfinished session FAILED; a finished one is left as it is."""
         cursor = self._execute(
-            "UPDATE {table} SET status = 'FAILED', finished_at = now(), error_message = %s, "
-            "run_id = coalesce(%s, run_id) WHERE id = %s AND status IN ('PENDING', 'PROCESSING')",
-            (message[:MESSAGE_LIMIT], run_id, session_id),
+            "UPDATE {table} SET status = 'FAILED', finished_at = now(), "
+            "error_message = %(message)s, run_id = coalesce(%(run_id)s, run_id) "
+            "WHERE {this} AND status IN ('PENDING', 'PROCESSING')",
+            {"message": message[:MESSAGE_LIMIT], "run_id": run_id, "id": session_id},
         )
         return cursor.rowcount == 1
 

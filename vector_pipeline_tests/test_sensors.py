@@ -14,7 +14,7 @@ from psycopg import sql
 from vector_pipeline.config import collection_name_for, load_config
 from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
-from vector_pipeline.orchestration.session_write_back import SESSION_TAG
+from vector_pipeline.orchestration.session_write_back import SESSION_TAG, SESSION_TOKEN_TAG
 from vector_pipeline.sessions import COMPLETED, FAILED, PENDING, PROCESSING, SessionStore
 from vector_pipeline_tests.conftest import write_config
 
@@ -106,6 +106,15 @@ def _mark_all_embedded(conn, schema: str, collection: str) -> None:
 # --- embedding_sessions ---------------------------------------------------------------------
 
 
+def _run_key(store: SessionStore, session_id: int) -> str:
+    return f"embedding_session_{store.get(session_id).run_token}"
+
+
+def _tags(store: SessionStore, session_id: int) -> dict[str, str]:
+    """The tags the launcher gives a session's run."""
+    return {SESSION_TAG: str(session_id), SESSION_TOKEN_TAG: str(store.get(session_id).run_token)}
+
+
 def test_pending_sessions_become_one_run_request_each(defs, instance, postgres, store):
     named = store.create(model="det_b", tables=["doc"])
     defaults = store.create()
@@ -114,13 +123,13 @@ def test_pending_sessions_become_one_run_request_each(defs, instance, postgres, 
 
     assert isinstance(result, dg.SensorResult)
     requests = {request.run_key: request for request in result.run_requests}
-    assert set(requests) == {f"embedding_session_{named}", f"embedding_session_{defaults}"}
-    first = requests[f"embedding_session_{named}"]
-    second = requests[f"embedding_session_{defaults}"]
+    assert set(requests) == {_run_key(store, named), _run_key(store, defaults)}
+    first = requests[_run_key(store, named)]
+    second = requests[_run_key(store, defaults)]
     assert (first.partition_key, second.partition_key) == ("det_b", "det_a")
     for request, session_id in ((first, named), (second, defaults)):
         assert request.asset_selection == [dg.AssetKey("doc")]
-        assert request.tags == {SESSION_TAG: str(session_id)}
+        assert request.tags == _tags(store, session_id)
     # Launching is the run's business: the sensor leaves the sessions PENDING, and the run keys
     # make the next tick's identical requests no-ops.
     assert store.get(named).status == store.get(defaults).status == PENDING
@@ -135,12 +144,12 @@ def test_sessions_whose_runs_wait_in_the_queue_do_not_hide_newer_ones(
 
     queued = [store.create() for _ in range(SESSIONS_PER_TICK + 5)]
     for session_id in queued:  # launched: still PENDING in the table, a run in the queue
-        _create_run(instance, defs, {SESSION_TAG: str(session_id)}, dg.DagsterRunStatus.QUEUED)
+        _create_run(instance, defs, _tags(store, session_id), dg.DagsterRunStatus.QUEUED)
     newest = store.create(model="det_b")
 
     result = _tick(defs, "embedding_sessions", instance, postgres)
 
-    assert [request.run_key for request in result.run_requests] == [f"embedding_session_{newest}"]
+    assert [request.run_key for request in result.run_requests] == [_run_key(store, newest)]
 
 
 def test_sessions_naming_unknown_models_or_tables_fail_without_a_run(
@@ -152,7 +161,7 @@ def test_sessions_naming_unknown_models_or_tables_fail_without_a_run(
 
     result = _tick(defs, "embedding_sessions", instance, postgres)
 
-    assert [request.run_key for request in result.run_requests] == [f"embedding_session_{good}"]
+    assert [request.run_key for request in result.run_requests] == [_run_key(store, good)]
     for session_id, name in ((bad_model, "no_such_model"), (bad_table, "no_such_table")):
         session = store.get(session_id)
         assert session.status == FAILED
@@ -172,6 +181,46 @@ def test_no_pending_sessions_is_a_skip(defs, instance, postgres, store):
     result = _tick(defs, "embedding_sessions", instance, postgres)
     assert isinstance(result, dg.SkipReason)
     assert "no PENDING sessions" in result.skip_message
+
+
+def test_a_reused_session_id_is_launched_and_never_written_by_the_old_run(
+    defs, instance, postgres, store, conn, project
+):
+    """After `TRUNCATE ... RESTART IDENTITY` (or a second source database on the same Dagster
+    instance) a new session gets an id an old run already carries: it is launched all the
+    same, and the old run's outcome never lands on it."""
+    first = store.create()
+    (request,) = _tick(defs, "embedding_sessions", instance, postgres).run_requests
+    old_key, old_run = request.run_key, _create_run(instance, defs, dict(request.tags))
+    table = sql.Identifier(project.tables.schema_, "embedding_session")
+    conn.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(table))
+    again = store.create()
+    assert again == first
+
+    (request,) = _tick(defs, "embedding_sessions", instance, postgres).run_requests
+    assert request.run_key == _run_key(store, again) != old_key
+    assert request.tags == _tags(store, again)
+    # The old run finishes: its outcome is for a session that no longer exists.
+    old_run, event = _finish(instance, old_run, dg.DagsterRunStatus.SUCCESS, "")
+    _on_run_status(defs, "embedding_session_completed", instance, postgres, old_run, event)
+    assert store.get(again).status == PENDING
+
+
+def test_sessions_with_zero_and_negative_ids_are_launched(
+    defs, instance, postgres, store, conn, project
+):
+    table = sql.Identifier(project.tables.schema_, "embedding_session")
+    ids = [
+        row[0]
+        for row in conn.execute(
+            sql.SQL("INSERT INTO {} (id) VALUES (0), (-5) RETURNING id").format(table)
+        )
+    ]
+    assert ids == [0, -5]
+    result = _tick(defs, "embedding_sessions", instance, postgres)
+    assert sorted(request.run_key for request in result.run_requests) == sorted(
+        _run_key(store, session_id) for session_id in ids
+    )
 
 
 # --- run-status sensors ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ import dagster as dg
 
 from vector_pipeline.config import ProjectConfig, collection_name_for
 from vector_pipeline.orchestration.resources import PostgresResource
-from vector_pipeline.orchestration.session_write_back import SESSION_TAG
+from vector_pipeline.orchestration.session_write_back import SESSION_TAG, SESSION_TOKEN_TAG
 from vector_pipeline.sessions import (
     Session,
     SessionRequestError,
@@ -50,8 +50,9 @@ def session_launcher(project: ProjectConfig, job: "AssetJob"):
     def embedding_sessions(context: dg.SensorEvaluationContext, postgres: PostgresResource):
         # Every PENDING session is looked at on every tick (an indexed, cheap query) rather than
         # those after a cursor: ids are allocated before commit, so a cursor could step over a
-        # session whose insert commits late. The run key (the session id) makes a re-request of
-        # an already launched session a no-op, across daemon restarts too.
+        # session whose insert commits late. The run key (the session's run_token, which unlike
+        # its id is never reused) makes a re-request of an already launched session a no-op,
+        # across daemon restarts too.
         requests = []
         with postgres.connect() as conn:
             store = SessionStore(conn, project.tables.schema_)
@@ -64,10 +65,13 @@ def session_launcher(project: ProjectConfig, job: "AssetJob"):
                     continue
                 requests.append(
                     dg.RunRequest(
-                        run_key=f"embedding_session_{session.id}",
+                        run_key=f"embedding_session_{session.run_token}",
                         partition_key=model,
                         asset_selection=[dg.AssetKey(table.name) for table in tables],
-                        tags={SESSION_TAG: str(session.id)},
+                        tags={
+                            SESSION_TAG: str(session.id),
+                            SESSION_TOKEN_TAG: str(session.run_token),
+                        },
                     )
                 )
         if not requests:
@@ -84,18 +88,20 @@ def _unlaunched_pending(instance: dg.DagsterInstance, store: SessionStore) -> li
     a long queue from hiding newer sessions behind the page limit.
     """
     found: list[Session] = []
-    after = 0
+    after: int | None = None
     while len(found) < SESSIONS_PER_TICK:
         page = store.pending(after_id=after, limit=SESSIONS_PER_TICK * 2)
         if not page:
             break
         launched = {
-            record.dagster_run.tags[SESSION_TAG]
+            record.dagster_run.tags[SESSION_TOKEN_TAG]
             for record in instance.get_run_records(
-                dg.RunsFilter(tags={SESSION_TAG: [str(session.id) for session in page]})
+                dg.RunsFilter(
+                    tags={SESSION_TOKEN_TAG: [str(session.run_token) for session in page]}
+                )
             )
         }
-        found.extend(session for session in page if str(session.id) not in launched)
+        found.extend(session for session in page if str(session.run_token) not in launched)
         after = page[-1].id
     return found[:SESSIONS_PER_TICK]
 
@@ -107,11 +113,13 @@ def _record_outcome(
     write: Callable[[SessionStore, int, str], object],
 ) -> dg.SkipReason | None:
     """Apply `write(store, session_id, run_id)` if the run serves a session."""
-    tag = context.dagster_run.tags.get(SESSION_TAG)
+    tags = context.dagster_run.tags
+    tag = tags.get(SESSION_TAG)
     if not tag:
         return dg.SkipReason("not a session run")
     with postgres.connect() as conn:
-        write(SessionStore(conn, schema), int(tag), context.dagster_run.run_id)
+        store = SessionStore(conn, schema, tags.get(SESSION_TOKEN_TAG))
+        write(store, int(tag), context.dagster_run.run_id)
     return None
 
 

@@ -19,6 +19,8 @@ from vector_pipeline.sessions import (
 from vector_pipeline.sync import BatchReport
 
 SESSION_TAG = "vector_pipeline/session_id"
+# The session's run_token: ids repeat (RESTART IDENTITY, two source databases), tokens do not.
+SESSION_TOKEN_TAG = "vector_pipeline/session_token"
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,14 @@ def session_write_back(
         return
     session_id = int(tag)
     with postgres.connect() as conn:
-        store = SessionStore(conn, project.tables.schema_)
+        store = SessionStore(conn, project.tables.schema_, context.run.tags.get(SESSION_TOKEN_TAG))
         try:
             session = store.get(session_id)
             if session is None:
-                raise LookupError(f"embedding_session {session_id} does not exist")
+                raise LookupError(
+                    f"embedding_session {session_id} with this run's token does not exist "
+                    "(deleted, or the table was emptied since the run was launched)"
+                )
             model_key, tables = resolve_request(project, session)
             model = project.embeddings.models[model_key]
             limit = token_limit(session, model_key, model)
