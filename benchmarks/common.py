@@ -31,6 +31,7 @@ from typing import Any
 from psycopg import sql
 from qdrant_client import QdrantClient, models
 
+from vector_pipeline import points
 from vector_pipeline.config import (
     OpenAIModel,
     ProjectConfig,
@@ -41,7 +42,8 @@ from vector_pipeline.config import (
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import connect
-from vector_pipeline.vector_store import content_hash, open_qdrant
+from vector_pipeline.store_state import vouch_for
+from vector_pipeline.vector_store import ensure_collection, open_qdrant
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -83,24 +85,20 @@ def fmt_rate(rows_per_second: float) -> str:
     return f"{rows_per_second:,.1f} rows/s"
 
 
-def point_payload(table: TableConfig, values: dict[str, Any], text: str) -> dict[str, Any]:
-    """The payload layout the engine writes (see README, "What a point looks like")."""
-    key = values[table.primary_key]
-    name = values.get(table.name_column) if table.name_column else None
-    return {
-        "name": str(name) if name is not None else f"{table.data_type}_{key}",
-        "meta_data": {
-            "table": table.name,
-            "data_type": table.data_type,
-            "row_id": key,
-            "truncated": False,
-            **{column: values[column] for column in table.payload_columns},
-        },
-        "content": text,
-        "content_hash": content_hash(text),
-        "usage": None,
-        "content_id": None,
-    }
+def point_payload(
+    table: TableConfig, key: int | str, values: dict[str, Any], text: str
+) -> dict[str, Any]:
+    """The payload the engine writes for a row with a single integer key (points.py)."""
+    return points.point_payload(
+        table=table.name,
+        data_type=table.data_type,
+        row_id=int(key),
+        key_text=str(key),
+        name=values.get(table.name_column) if table.name_column else None,
+        text=text,
+        truncated=False,
+        payload_values={column: values[column] for column in table.payload_columns},
+    )
 
 
 def fmt_seconds(seconds: float) -> str:
@@ -284,6 +282,14 @@ class Target:
     @property
     def collection(self) -> str:
         return collection_name_for(self.table.collection_base, self.model.id)
+
+
+def trust_generated_marks(conn: Any, qdrant: Any, target: Target) -> None:
+    """Tables generated "as after a full sync" carry marks without points, and a worker's own
+    in-memory store stands in for one shared server: record `qdrant` as the store those marks
+    were made in (store_state.py), as a real sync would have, so the engine trusts them."""
+    ensure_collection(qdrant, target.collection, target.model.dimensions)
+    vouch_for(conn, qdrant, target.project.tables.schema_, target.table.name, target.collection)
 
 
 def text_pools() -> tuple[list[str], list[str]]:

@@ -24,8 +24,9 @@ from benchmarks.common import point_payload
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
 from vector_pipeline.database_setup import SESSION_TABLE, pending_condition
 from vector_pipeline.embedders import Embedder
+from vector_pipeline.points import point_id
 from vector_pipeline.sparse import Bm25
-from vector_pipeline.vector_store import PointData, ensure_collection, point_id, upsert_points
+from vector_pipeline.vector_store import PointData, ensure_collection, upsert_points
 
 PROGRESS_EVERY = 5
 
@@ -66,7 +67,7 @@ def run_reference(
                 columns,
                 relation,
                 pending_condition(collection),
-                sql.Identifier(table.primary_key),
+                sql.Identifier(table.primary_key[0]),
             )
         ).fetchall()
         names = list(table.selected_columns)
@@ -81,18 +82,18 @@ def run_reference(
 
         for done, record in enumerate(rows, start=1):
             values = dict(zip(names, record, strict=True))
-            key = values[table.primary_key]
+            key = values[table.primary_key[0]]
             text = table.render_text(values)
             dense = embedder.embed_documents([text])  # one request per row
             requests += 1
             sparse = bm25.embed_documents([text])[0]
-            payload = point_payload(table, values, text)
+            payload = point_payload(table, key, values, text)
             upsert_points(
                 qdrant,
                 collection,
                 [
                     PointData(
-                        id=point_id(table.data_type, key, collection),
+                        id=point_id(table.data_type, str(key), collection),
                         dense=dense.vectors[0],
                         sparse=sparse,
                         payload=payload,
@@ -103,7 +104,7 @@ def run_reference(
                 sql.SQL(
                     "UPDATE {} SET embedded_in = coalesce(embedded_in, '[]'::jsonb) || %s::jsonb "
                     "WHERE {} = %s"
-                ).format(relation, sql.Identifier(table.primary_key)),
+                ).format(relation, sql.Identifier(table.primary_key[0])),
                 (marker, key),
             )
             conn.commit()

@@ -17,7 +17,7 @@ import warnings
 
 from qdrant_client import QdrantClient
 
-from benchmarks.common import quiet_engine_logs
+from benchmarks.common import Target, quiet_engine_logs, trust_generated_marks
 from vector_pipeline import sync as engine
 from vector_pipeline.config import load_config
 from vector_pipeline.embedders import build_embedder
@@ -40,6 +40,8 @@ def main() -> None:
     embedder = build_embedder(key, model)
     qdrant = QdrantClient(location=":memory:")
     with connect(args.database_url) as conn:
+        # Each worker's own in-memory store stands in for one shared server.
+        trust_generated_marks(conn, qdrant, Target(project, key))
         print("ready", flush=True)
         sys.stdin.readline()
         started = time.time()

@@ -3,7 +3,8 @@ complete.
 
 Each collection base has one alias (tables.yaml `active_alias`, by default
 `{collection_base}_active`). After a sync of the default model, if no table of that base has a
-pending row for the default model's collection, the alias is pointed at that collection in one
+pending row for the default model's collection and every table's marks were made in that very
+collection (store_state.py), the alias is pointed at that collection in one
 `update_collection_aliases` call (delete and create together, which Qdrant applies atomically).
 Until then it keeps serving the previous collection, so switching `default` in embeddings.yaml
 re-embeds everything behind the readers' backs and swaps only when the new collection is full.
@@ -19,6 +20,7 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import ProjectConfig, collection_name_for
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import StoreState
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ def update_active_alias(
             continue
         if SourceTable.for_config(conn, project, table).has_pending(target):
             return current  # not complete yet: readers stay on what they have
+        if not StoreState(conn, qdrant, project.tables.schema_, table.name, target).matches():
+            return current  # its marks were not made in this store: nothing vouches for them
     operations: list[models.AliasOperations] = []
     if current is not None:
         operations.append(

@@ -213,7 +213,9 @@ def repair(
                 # Held throughout, so no sync of this table and collection runs in between
                 # (held exclusively; the sync below takes it shared, as its holder may).
                 with collection_lock(conn, schema, table, collection):
-                    report = reconcile(conn, qdrant, table, schema, collection)
+                    report = reconcile(
+                        conn, qdrant, table, schema, collection, state_schema=config.tables.schema_
+                    )
                     click.echo(
                         f"{table.name} -> {collection}: {report.rows} rows, {report.points} "
                         f"points; missing {report.missing_count}, orphan "
@@ -222,7 +224,15 @@ def repair(
                     differs = differs or not report.ok
                     if dry_run or report.ok:
                         continue
-                    fixed = repair_collection(conn, qdrant, report, table, schema, collection)
+                    fixed = repair_collection(
+                        conn,
+                        qdrant,
+                        report,
+                        table,
+                        schema,
+                        collection,
+                        state_schema=config.tables.schema_,
+                    )
                     click.echo(
                         f"{table.name}: {fixed.marked_pending} rows made pending, "
                         f"{fixed.orphans_deleted} orphan points deleted"
@@ -276,6 +286,13 @@ def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
         ],
         numeric=range(3, 7),
     )
+    for r in rows:
+        if r.verified is False and r.embedded:
+            click.echo(
+                f"{r.table} -> {r.collection}: the {r.embedded} embedded rows were marked in "
+                "another Qdrant store (the collection was recreated, replaced or restored); the "
+                "next sync re-checks them and embeds only what this store lacks"
+            )
     if busy:
         click.echo(f"aliases not shown: {busy} (a sync is running)")
 

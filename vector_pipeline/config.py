@@ -199,7 +199,9 @@ class TableConfig(_Strict):
     table: str
     schema_: str | None = Field(default=None, alias="schema")
     data_type: str = Field(min_length=1)
-    primary_key: str = "id"
+    # The key columns, in key order: one name, or a list for a composite key. They must be a
+    # unique, NOT NULL key of the table (checked against the database before any row is read).
+    primary_key: tuple[str, ...] = ("id",)
     text_template: str = DEFAULT_TEXT_TEMPLATE
     payload_columns: tuple[str, ...] = ()
     name_column: str | None = None
@@ -216,6 +218,16 @@ class TableConfig(_Strict):
                 "because it becomes a Dagster asset name; set `table:` for the SQL name"
             )
         return value
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_columns(cls, value: Any) -> Any:
+        columns = (value,) if isinstance(value, str) else tuple(value or ())
+        if not columns or not all(isinstance(c, str) and c for c in columns):
+            raise ValueError("must name a column, or list the columns of a composite key")
+        if len(set(columns)) != len(columns):
+            raise ValueError("lists a column twice")
+        return columns
 
     @field_validator("collection_base")
     @classmethod
@@ -238,9 +250,18 @@ class TableConfig(_Strict):
         return template_columns(self.text_template)
 
     @property
+    def row_columns(self) -> tuple[str, ...]:
+        """The columns a sync reads for a row's text, payload and name, each once. The key
+        travels as its key text (points.py), so key columns are read only if used here."""
+        wanted = [*self.text_columns, *self.payload_columns]
+        if self.name_column:
+            wanted.append(self.name_column)
+        return tuple(dict.fromkeys(wanted))
+
+    @property
     def selected_columns(self) -> tuple[str, ...]:
-        """Every column a sync reads, primary key first, each once."""
-        wanted = [self.primary_key, *self.text_columns, *self.payload_columns]
+        """Every column a sync reads, key columns first, each once."""
+        wanted = [*self.primary_key, *self.text_columns, *self.payload_columns]
         if self.name_column:
             wanted.append(self.name_column)
         return tuple(dict.fromkeys(wanted))
@@ -339,21 +360,10 @@ class TablesConfig(_Strict):
     @model_validator(mode="after")
     def _unique(self) -> TablesConfig:
         seen: set[str] = set()
-        data_types: dict[str, str] = {}
         for table in self.tables:
             if table.name in seen:
                 raise ValueError(f"table {table.name!r} is listed twice")
             seen.add(table.name)
-            # Point ids hash data_type + row id + collection: two tables sharing a data type
-            # and a collection would overwrite each other's points.
-            key = f"{table.collection_base}/{table.data_type}"
-            if key in data_types:
-                raise ValueError(
-                    f"tables {data_types[key]!r} and {table.name!r} share data_type "
-                    f"{table.data_type!r} and collection base {table.collection_base!r}; their "
-                    "point ids would collide. Give each table its own data_type."
-                )
-            data_types[key] = table.name
         return self
 
     def schema_for(self, table: TableConfig) -> str:
@@ -425,6 +435,39 @@ class ProjectConfig(_Strict):
     tables: TablesConfig
     orchestration: OrchestrationConfig = OrchestrationConfig()
     config_dir: Path
+
+    def check_point_ids(self) -> None:
+        """Refuse tables whose point ids could coincide in a collection they share.
+
+        Point ids hash `f"{data_type}_{key_text}_{collection}"` (the reference formula, kept
+        because deployments depend on it). In one collection, two tables' ids can only meet
+        if one's `DATA_TYPE_` is a prefix of the other's: `TICKET` with key `EU_1` and
+        `TICKET_EU` with key `1` both hash `TICKET_EU_1_...`. Key types are not known here,
+        so any such pair is refused (equal data types included).
+        """
+        by_collection: dict[str, list[TableConfig]] = {}
+        for table in self.tables.tables:
+            for collection in self.collections_for(table):
+                by_collection.setdefault(collection, []).append(table)
+        for collection, tables in sorted(by_collection.items()):
+            for index, first in enumerate(tables):
+                for second in tables[index + 1 :]:
+                    a, b = sorted((first, second), key=lambda t: len(t.data_type))
+                    if (b.data_type + "_").startswith(a.data_type + "_"):
+                        raise ConfigError(
+                            f"{self.config_dir / TABLES_FILE}: tables.{second.name}.data_type: "
+                            f"tables {first.name!r} ({first.data_type}) and {second.name!r} "
+                            f"({second.data_type}) share collection {collection!r} and their "
+                            f"point ids can collide ({a.data_type!r} + '_' + key can equal "
+                            f"{b.data_type!r} + '_' + key); give one a data_type that neither "
+                            "starts nor is the start of the other's followed by '_', or its "
+                            "own collection_base"
+                        )
+
+    def collection_for(self, table: TableConfig, model_key: str | None = None) -> str:
+        """The collection of `table` for the model `model_key` (default: the default model)."""
+        _, model = self.embeddings.model(model_key)
+        return collection_name_for(table.collection_base, model.id)
 
     def collections_for(self, table: TableConfig) -> list[str]:
         """Every collection the configured models give `table`, each once."""
@@ -519,12 +562,14 @@ def load_orchestration(path: Path) -> OrchestrationConfig:
 def load_config(config_dir: Path | str | None = None) -> ProjectConfig:
     """Parse and cross-check the files; raise ConfigError naming file, key and fix."""
     directory = Path(config_dir) if config_dir is not None else default_config_dir()
-    return ProjectConfig(
+    config = ProjectConfig(
         embeddings=load_embeddings(directory / EMBEDDINGS_FILE),
         tables=load_tables(directory / TABLES_FILE),
         orchestration=load_orchestration(directory / ORCHESTRATION_FILE),
         config_dir=directory,
     )
+    config.check_point_ids()
+    return config
 
 
 def collection_name_for(base: str, model_id: str) -> str:

@@ -14,6 +14,8 @@ import psycopg
 from psycopg import sql
 
 from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
+from vector_pipeline.points import KeyLayout, key_settings_clause
+from vector_pipeline.store_state import create_store_table
 
 EMBEDDED_IN = "embedded_in"
 RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
@@ -26,6 +28,10 @@ DELETE_FUNCTION = "vector_pipeline_record_delete"
 DELETE_TRIGGER = "vector_pipeline_record_delete"
 TRUNCATE_FUNCTION = "vector_pipeline_record_truncate"
 TRUNCATE_TRIGGER = "vector_pipeline_record_truncate"
+KEY_CHANGE_FUNCTION = "vector_pipeline_record_key_change"
+KEY_CHANGE_TRIGGER = "vector_pipeline_record_key_change"
+INSERT_FUNCTION = "vector_pipeline_distrust_marks"
+INSERT_TRIGGER = "vector_pipeline_distrust_marks"
 
 
 def collection_marker(collection: str) -> sql.Composable:
@@ -78,7 +84,8 @@ def table_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str
 
 
 def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> dict[str, ColumnInfo]:
-    """Fail clearly if the table or a configured column is missing."""
+    """Fail clearly if the table or a configured column is missing, or if `primary_key` is not
+    a unique, NOT NULL key of the table (two rows would share one point)."""
     columns = table_columns(conn, schema, table.table)
     where = f"{TABLES_FILE}: tables.{table.name}"
     if not columns:
@@ -87,7 +94,7 @@ def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> di
             "or `schema:`, or run `vector-pipeline seed-demo` for the demo tables."
         )
     for key, names in (
-        ("primary_key", (table.primary_key,)),
+        ("primary_key", table.primary_key),
         ("text_template", table.text_columns),
         ("payload_columns", table.payload_columns),
         ("name_column", (table.name_column,) if table.name_column else ()),
@@ -98,7 +105,55 @@ def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> di
                 f"{where}.{key}: {schema}.{table.table} has no column "
                 f"{', '.join(repr(m) for m in missing)}; its columns are: {', '.join(columns)}"
             )
+    _check_key(conn, schema, table, columns, where)
     return columns
+
+
+def _check_key(
+    conn: psycopg.Connection,
+    schema: str,
+    table: TableConfig,
+    columns: dict[str, ColumnInfo],
+    where: str,
+) -> None:
+    key = ", ".join(table.primary_key)
+    nullable = [name for name in table.primary_key if not columns[name].not_null]
+    if nullable:
+        raise SetupError(
+            f"{where}.primary_key: column {', '.join(nullable)} of {schema}.{table.table} allows "
+            "NULL, and a row without a key cannot have a point; name the table's PRIMARY KEY "
+            f"column(s), or make them NOT NULL (ALTER TABLE ... ALTER COLUMN ... SET NOT NULL)"
+        )
+    # A unique index on the key columns (or on some of them) makes the key unique; expression
+    # and partial indexes do not. Only the index's key columns count, not its INCLUDE columns.
+    unique = conn.execute(
+        """
+        SELECT EXISTS (
+            SELECT 1 FROM pg_index i
+            JOIN pg_class c ON c.oid = i.indrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s AND i.indisunique
+              AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND (SELECT array_agg(a.attname::text) FROM pg_attribute a
+                   WHERE a.attrelid = i.indrelid
+                     AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+                  <@ %s::text[]
+        )
+        """,
+        (schema, table.table, list(table.primary_key)),
+    ).fetchone()[0]
+    if not unique:
+        raise SetupError(
+            f"{where}.primary_key: ({key}) is not a unique key of {schema}.{table.table} (no "
+            "PRIMARY KEY or UNIQUE index on those columns), so two rows could share one point; "
+            "name the table's primary key columns (a list for a composite key), or add one "
+            f"(ALTER TABLE ... ADD PRIMARY KEY ({key}))"
+        )
+
+
+def key_layout(table: TableConfig, columns: dict[str, ColumnInfo]) -> KeyLayout:
+    """The table's key columns with their SQL types (from `check_table`'s columns)."""
+    return KeyLayout(table.primary_key, tuple(columns[name].type for name in table.primary_key))
 
 
 def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]:
@@ -116,6 +171,10 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
             done.extend(_ensure_embedded_in(conn, schema, table, columns))
         for schema in sorted({tables.schema_for(t) for t in tables.tables} | {tables.schema_}):
             _ensure_reset_function(conn, schema)
+        layouts = {
+            table.name: key_layout(table, check_table(conn, tables.schema_for(table), table))
+            for table in tables.tables
+        }
         for table in tables.tables:
             _ensure_reset_trigger(conn, tables.schema_for(table), table)
             done.append(
@@ -129,9 +188,12 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
                 f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE} and {CLAIM_TABLE}"
             )
         for table in tables.tables:
-            _ensure_delete_triggers(conn, tables.schema_for(table), tables.schema_, table)
+            _ensure_delete_triggers(
+                conn, tables.schema_for(table), tables.schema_, table, layouts[table.name]
+            )
             done.append(
-                f"triggers on {tables.schema_for(table)}.{table.table} record DELETE and TRUNCATE"
+                f"triggers on {tables.schema_for(table)}.{table.table} record DELETE, TRUNCATE "
+                "and key changes, and clear marks that inserted rows bring along"
             )
     for table in tables.tables:
         for model in config.embeddings.models.values():
@@ -164,7 +226,7 @@ def _ensure_pending_index(
         sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({}) WHERE {}").format(
             sql.Identifier(name),
             sql.Identifier(schema, table.table),
-            sql.Identifier(table.primary_key),
+            sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key),
             pending_condition(collection),
         )
     )
@@ -210,11 +272,15 @@ def _ensure_reset_function(conn: psycopg.Connection, schema: str) -> None:
 
 def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableConfig) -> None:
     # A trigger, not application code, so every writer (ORM, psql, bulk UPDATE) is covered.
-    # `UPDATE OF` limits it to statements naming a text column; WHEN to real changes. Comparing
-    # the text forms works for every column type, including ones without an equality operator.
-    columns = [sql.Identifier(name) for name in table.text_columns]
-    old = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(c) for c in columns)
-    new = sql.SQL(", ").join(sql.SQL("NEW.{}::text").format(c) for c in columns)
+    # `UPDATE OF` limits it to statements naming a text or key column; WHEN to real changes.
+    # A new key is a new row as far as Qdrant knows (the old key's point goes through the
+    # key-change trigger's tombstone). Comparing the text forms works for every column type,
+    # including ones without an equality operator.
+    watched = [
+        sql.Identifier(name) for name in dict.fromkeys((*table.text_columns, *table.primary_key))
+    ]
+    old = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(c) for c in watched)
+    new = sql.SQL(", ").join(sql.SQL("NEW.{}::text").format(c) for c in watched)
     conn.execute(
         sql.SQL(
             """
@@ -226,7 +292,7 @@ def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableCon
             """
         ).format(
             trigger=sql.Identifier(RESET_TRIGGER),
-            columns=sql.SQL(", ").join(columns),
+            columns=sql.SQL(", ").join(watched),
             table=sql.Identifier(schema, table.table),
             old=old,
             new=new,
@@ -266,7 +332,10 @@ def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
             ALTER TABLE {table}
                 ADD COLUMN IF NOT EXISTS token_budget bigint CHECK (token_budget > 0),
                 ADD COLUMN IF NOT EXISTS cost_budget numeric CHECK (cost_budget > 0),
-                ADD COLUMN IF NOT EXISTS tokens_used bigint NOT NULL DEFAULT 0
+                ADD COLUMN IF NOT EXISTS tokens_used bigint NOT NULL DEFAULT 0,
+                -- Unique per session, unlike ids (RESTART IDENTITY, several source databases
+                -- on one Dagster instance): a Dagster run is tied to the token, not the id.
+                ADD COLUMN IF NOT EXISTS run_token uuid NOT NULL DEFAULT gen_random_uuid()
             """
         ).format(table=sql.Identifier(schema, SESSION_TABLE))
     )
@@ -291,11 +360,13 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
             CREATE TABLE IF NOT EXISTS {tombstones} (
                 id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 table_name  text NOT NULL,
-                row_key     jsonb,                          -- NULL for a TRUNCATE
+                row_key     jsonb,                          -- before key texts; unused
                 truncated   boolean NOT NULL DEFAULT false,
                 cleaned     jsonb NOT NULL DEFAULT '[]',    -- collections already cleaned
                 deleted_at  timestamptz NOT NULL DEFAULT now()
             );
+            -- The deleted row's key text (see points.py); NULL for a TRUNCATE.
+            ALTER TABLE {tombstones} ADD COLUMN IF NOT EXISTS key_text text;
             CREATE INDEX IF NOT EXISTS {tombstone_index} ON {tombstones} (table_name, id);
             CREATE TABLE IF NOT EXISTS {skips} (
                 table_name  text NOT NULL,
@@ -311,7 +382,7 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
             CREATE UNLOGGED TABLE IF NOT EXISTS {claims} (
                 table_name    text NOT NULL,
                 collection    text NOT NULL,
-                row_key       text NOT NULL,                -- the key as `key::text`
+                row_key       text NOT NULL,                -- the key text (points.py)
                 pid           integer NOT NULL,             -- the claiming session ...
                 backend_start timestamptz NOT NULL,         -- ... (pids are reused)
                 claimed_at    timestamptz NOT NULL DEFAULT now(),
@@ -325,23 +396,46 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
             skips=sql.Identifier(schema, SKIP_TABLE),
         )
     )
+    create_store_table(conn, schema)
     return not exists
 
 
 def _ensure_delete_triggers(
-    conn: psycopg.Connection, schema: str, state_schema: str, table: TableConfig
+    conn: psycopg.Connection,
+    schema: str,
+    state_schema: str,
+    table: TableConfig,
+    layout: KeyLayout,
 ) -> None:
-    # Statement-level with a transition table: a bulk DELETE writes its tombstones in one
-    # INSERT ... SELECT instead of one trigger call per row. TG_ARGV carries the asset name
-    # and the key column, so one function serves every table.
+    """Tombstones for deleted rows, truncates and old keys, and distrust of inserted marks.
+
+    DELETE is statement-level with a transition table: a bulk DELETE writes its tombstones in
+    one INSERT ... SELECT. The functions are shared by every table: TG_ARGV carries the asset
+    name and the SQL of the key text over the alias `gone` (built by points.KeyLayout), run
+    under the pinned key settings, so the tombstone holds exactly the key text the point id
+    was hashed from, whatever the deleting session's time zone.
+    """
     tombstones = sql.Identifier(state_schema, TOMBSTONE_TABLE)
+    settings = key_settings_clause()
+    key_columns = [sql.Identifier(name) for name in table.primary_key]
     conn.execute(
         sql.SQL(
             """
-            CREATE OR REPLACE FUNCTION {delete_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            CREATE OR REPLACE FUNCTION {delete_function}() RETURNS trigger LANGUAGE plpgsql
+            {settings} AS $$
             BEGIN
-                INSERT INTO {tombstones} (table_name, row_key)
-                SELECT TG_ARGV[0], to_jsonb(gone) -> TG_ARGV[1] FROM gone;
+                EXECUTE format('INSERT INTO %s (table_name, key_text) SELECT %L, %s FROM gone',
+                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]);
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {key_change_function}() RETURNS trigger LANGUAGE plpgsql
+            {settings} AS $$
+            BEGIN
+                -- The row now has another key: its old key's point must go, like a delete's.
+                EXECUTE format('INSERT INTO %s (table_name, key_text) '
+                               'SELECT %L, %s FROM (SELECT ($1).*) AS gone',
+                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]) USING OLD;
                 RETURN NULL;
             END
             $$;
@@ -351,21 +445,48 @@ def _ensure_delete_triggers(
                 RETURN NULL;
             END
             $$;
+            CREATE OR REPLACE FUNCTION {insert_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                -- A row restored from a copy or another environment brings marks no store of
+                -- ours vouches for: it starts pending. A sync then finds any point that already
+                -- holds its current text and marks it without embedding again.
+                NEW.{embedded_in} := '[]'::jsonb;
+                RETURN NEW;
+            END
+            $$;
             CREATE OR REPLACE TRIGGER {delete_trigger}
             AFTER DELETE ON {relation} REFERENCING OLD TABLE AS gone
-            FOR EACH STATEMENT EXECUTE FUNCTION {delete_function}({name}, {key});
+            FOR EACH STATEMENT EXECUTE FUNCTION {delete_function}({name}, {key_text});
+            CREATE OR REPLACE TRIGGER {key_change_trigger}
+            AFTER UPDATE OF {key_columns} ON {relation} FOR EACH ROW
+            WHEN (ROW({old_key}) IS DISTINCT FROM ROW({new_key}))
+            EXECUTE FUNCTION {key_change_function}({name}, {key_text});
             CREATE OR REPLACE TRIGGER {truncate_trigger}
             AFTER TRUNCATE ON {relation}
             FOR EACH STATEMENT EXECUTE FUNCTION {truncate_function}({name});
+            CREATE OR REPLACE TRIGGER {insert_trigger}
+            BEFORE INSERT ON {relation} FOR EACH ROW
+            WHEN (NEW.{embedded_in} IS DISTINCT FROM '[]'::jsonb)
+            EXECUTE FUNCTION {insert_function}();
             """
         ).format(
             delete_function=sql.Identifier(state_schema, DELETE_FUNCTION),
+            key_change_function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
             truncate_function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
+            insert_function=sql.Identifier(state_schema, INSERT_FUNCTION),
+            settings=settings,
             tombstones=tombstones,
+            tombstones_text=sql.Literal(tombstones.as_string(conn)),
             delete_trigger=sql.Identifier(DELETE_TRIGGER),
+            key_change_trigger=sql.Identifier(KEY_CHANGE_TRIGGER),
             truncate_trigger=sql.Identifier(TRUNCATE_TRIGGER),
+            insert_trigger=sql.Identifier(INSERT_TRIGGER),
             relation=sql.Identifier(schema, table.table),
             name=sql.Literal(table.name),
-            key=sql.Literal(table.primary_key),
+            key_text=sql.Literal(layout.text("gone").as_string(conn)),
+            key_columns=sql.SQL(", ").join(key_columns),
+            old_key=sql.SQL(", ").join(sql.SQL("OLD.{}").format(c) for c in key_columns),
+            new_key=sql.SQL(", ").join(sql.SQL("NEW.{}").format(c) for c in key_columns),
+            embedded_in=sql.Identifier(EMBEDDED_IN),
         )
     )

@@ -18,15 +18,16 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from qdrant_client import QdrantClient, models
+from qdrant_client import QdrantClient
 
 from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import TOMBSTONE_TABLE
 from vector_pipeline.failpoints import failpoint
+from vector_pipeline.points import key_text_of_row_id, point_id, scroll_table_points
 from vector_pipeline.source import SourceTable
-from vector_pipeline.vector_store import delete_points, point_id
+from vector_pipeline.vector_store import delete_points
 
-PAGE = 1000
+PAGE = 1000  # tombstones per round
 log = logging.getLogger(__name__)
 
 
@@ -106,26 +107,38 @@ def _clean_collection(
     exists = qdrant.collection_exists(collection)
     after = 0
     while True:
+        # Tombstones written before key texts hold the key as JSON (`row_key`); for the
+        # integer and text keys of those days its text is the key text.
         page = conn.execute(
             sql.SQL(
-                "SELECT id, row_key, truncated FROM {} WHERE table_name = %s "
-                "AND NOT cleaned @> %s::jsonb AND id > %s ORDER BY id LIMIT %s"
+                "SELECT id, coalesce(key_text, row_key #>> '{{}}'), truncated FROM {} "
+                "WHERE table_name = %s AND NOT cleaned @> %s::jsonb AND id > %s "
+                "ORDER BY id LIMIT %s"
             ).format(tombstones),
             (table.name, marker, after, PAGE),
         ).fetchall()
         if not page:
             return
         after = page[-1][0]
-        held: set[Any] = set()
+        held: set[str] = set()
         if exists:
             if any(truncated for _, _, truncated in page):
-                for keys in _point_row_ids(qdrant, table, collection):
-                    held |= _delete_gone(source, qdrant, collection, keys)
+                for points in scroll_table_points(
+                    qdrant, collection, table.name, ["meta_data.row_id"]
+                ):
+                    held |= delete_points_of_gone_rows(source, qdrant, collection, points)
             else:
-                held = _delete_gone(source, qdrant, collection, [key for _, key, _ in page])
+                keys = [key for _, key, _ in page if key is not None]
+                held = _delete_gone(
+                    source,
+                    qdrant,
+                    collection,
+                    {key: [point_id(table.data_type, key, collection)] for key in keys},
+                )
         failpoint("after_tombstone_delete")
         # Recorded only after Qdrant applied the deletes: a crash in between redoes them. A
         # truncate with any key held by a worker waits for a later drain, as does that key.
+        # A tombstone without a key names no point: it is done, and never blocks the drain.
         done = [
             id_
             for id_, key, truncated in page
@@ -140,47 +153,43 @@ def _clean_collection(
 
 
 def _delete_gone(
-    source: SourceTable, qdrant: QdrantClient, collection: str, keys: list[Any]
-) -> set[Any]:
-    """Delete the points of `keys` whose rows are gone; return the keys a worker holds.
+    source: SourceTable, qdrant: QdrantClient, collection: str, points: dict[str, list[Any]]
+) -> set[str]:
+    """Delete the points (`points`: key text -> point ids) of keys whose rows are gone;
+    return the keys a worker holds.
 
     A key that exists again belongs to a re-inserted row: it is pending (its point will be
     overwritten) or already synced with its new text, so its point stays. The claims keep a
     re-inserted row from being embedded between the existence check and the delete.
     """
-    claims, table = source.claims, source.config
-    claimed = claims.claim_keys(collection, keys)
+    keys = list(points)
+    claimed = source.claims.claim_keys(collection, keys)
     try:
         present = source.existing_keys(claimed)
-        gone = [key for key in claimed if key not in present]
         delete_points(
-            qdrant, collection, [point_id(table.data_type, key, collection) for key in gone]
+            qdrant,
+            collection,
+            [point for key in claimed if key not in present for point in points[key]],
         )
     finally:
-        claims.release(collection, claimed)
+        source.claims.release(collection, claimed)
     got = set(claimed)
     return {key for key in keys if key not in got}
 
 
-def _point_row_ids(
-    qdrant: QdrantClient, table: TableConfig, collection: str
-) -> Iterator[list[Any]]:
-    """Row ids of every point the table has in `collection`, a page at a time (TRUNCATE)."""
-    only_table = models.Filter(
-        must=[
-            models.FieldCondition(key="meta_data.table", match=models.MatchValue(value=table.name))
-        ]
-    )
-    offset = None
-    while True:
-        points, offset = qdrant.scroll(
-            collection,
-            scroll_filter=only_table,
-            limit=PAGE,
-            offset=offset,
-            with_payload=["meta_data.row_id"],
-            with_vectors=False,
-        )
-        yield [point.payload["meta_data"]["row_id"] for point in points]
-        if offset is None:
-            return
+def delete_points_of_gone_rows(
+    source: SourceTable, qdrant: QdrantClient, collection: str, records: list[Any]
+) -> set[str]:
+    """Delete the scrolled points (`records`) whose rows are gone, found by the row id in
+    their payload whatever their id (after a TRUNCATE, or when a store is re-checked); a
+    point naming no row is deleted too. Returns the keys a worker holds."""
+    by_key: dict[str, list[Any]] = {}
+    unreadable = []
+    for record in records:
+        key = key_text_of_row_id(((record.payload or {}).get("meta_data") or {}).get("row_id"))
+        if key is None:
+            unreadable.append(record.id)
+        else:
+            by_key.setdefault(key, []).append(record.id)
+    delete_points(qdrant, collection, unreadable)
+    return _delete_gone(source, qdrant, collection, by_key)

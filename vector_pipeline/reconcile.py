@@ -14,6 +14,8 @@ rows marked embedded, `reconcile` finds three kinds of breakage:
 `repair` marks the missing and stale rows pending again (it removes only this collection from
 `embedded_in`) and deletes the orphan points; a normal sync then re-embeds the rows.
 
+Keys are the canonical key texts of points.py; a report gives an integer key as a number.
+
 Memory. The table's points are scrolled first into a dict of point id -> content hash, both as
 16 raw bytes (about 150 bytes a point: ~150 MB for a million points; only `content_hash` is
 fetched, never vectors or texts). The rows are then streamed through a server-side cursor, a
@@ -40,15 +42,18 @@ from psycopg import sql
 from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import TableConfig
-from vector_pipeline.database_setup import EMBEDDED_IN, check_table, pending_condition
-from vector_pipeline.vector_store import content_hash, point_id
+from vector_pipeline.database_setup import pending_condition
+from vector_pipeline.points import (
+    content_hash,
+    key_text_of_row_id,
+    point_id,
+    scroll_table_points,
+    stored_hash,
+)
+from vector_pipeline.source import SourceTable
 
 SAMPLE_LIMIT = 1000  # keys kept per kind in a report; the counts are always exact
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
-SCROLL_PAGE = 2000  # points per Qdrant scroll page
-# Local mode filters and sorts every point for each page, so small pages cost time quadratic in
-# the collection; its points are all in this process's memory anyway, so it reads big pages.
-LOCAL_SCROLL_PAGE = 50_000
 CHECK_BATCH = 1000  # candidates looked up again in Qdrant per request
 REPAIR_BATCH = 1000  # keys per UPDATE, point ids per delete
 
@@ -62,9 +67,8 @@ class ReconcileReport:
     """What `reconcile` found for one table and collection.
 
     The `*_count` fields are exact; `missing`, `stale` (row keys) and `orphans` (point ids) are
-    samples of at most the `sample_limit` given to `reconcile`, sorted. Row keys are JSON
-    values: int and str keys as they are, other key types (uuid, numeric, dates) as PostgreSQL
-    text, which casts back to the key's type.
+    samples of at most the `sample_limit` given to `reconcile`, sorted. Row keys are key texts
+    (points.py), or numbers for a single integer key column.
     """
 
     table: str
@@ -117,9 +121,13 @@ def reconcile(
     collection: str,
     *,
     sample_limit: int = SAMPLE_LIMIT,
+    state_schema: str | None = None,
 ) -> ReconcileReport:
-    """Check the promise for `table` in `collection`; see the module docstring."""
-    return _scan(conn, qdrant, table, schema, collection, sample_limit)
+    """Check the promise for `table` in `collection`; see the module docstring.
+
+    `state_schema` holds the pipeline's own tables (default: `schema`)."""
+    source = SourceTable(conn, schema, table, state_schema)
+    return _scan(source, qdrant, collection, sample_limit)
 
 
 def repair(
@@ -129,6 +137,8 @@ def repair(
     table: TableConfig,
     schema: str,
     collection: str,
+    *,
+    state_schema: str | None = None,
 ) -> RepairResult:
     """Mark the report's missing and stale rows pending and delete its orphan points.
 
@@ -140,13 +150,12 @@ def repair(
             f"the report is for {report.table} in {report.collection}, "
             f"not {table.name} in {collection}"
         )
+    source = SourceTable(conn, schema, table, state_schema)
     rescanned = not report.complete
     if rescanned:
-        report = _scan(conn, qdrant, table, schema, collection, None)
-    columns = check_table(conn, schema, table)
-    pk_type = sql.SQL(columns[table.primary_key].type)
-    marked = _mark_pending(conn, schema, table, pk_type, collection, report.missing + report.stale)
-    deleted, kept = _delete_orphans(conn, qdrant, schema, table, pk_type, collection, report)
+        report = _scan(source, qdrant, collection, None)
+    marked = source.mark_pending(collection, [str(key) for key in report.missing + report.stale])
+    deleted, kept = _delete_orphans(source, qdrant, collection, report)
     return RepairResult(
         table=table.name,
         collection=collection,
@@ -179,7 +188,7 @@ class _Tally:
 
 @dataclass(frozen=True)
 class _Candidate:
-    key: Any  # the row's key as PostgreSQL returned it
+    key: str | int  # the row's key as reported (KeyLayout.row_id)
     point: PointKey
     digest: bytes | None  # md5 of the row's text; None: the row has no text, wants no point
 
@@ -214,32 +223,23 @@ class _Checker:
                 with_payload=["content_hash"],
                 with_vectors=False,
             )
-            current = {_point_key(r.id): _stored_digest(r.payload) for r in records}
+            current = {_point_key(r.id): _digest(r.payload) for r in records}
         for candidate in self.pending:
             stored = current.get(candidate.point)
             if candidate.digest is None:
                 if stored is not None:
-                    self.stale.add(_json_key(candidate.key))
+                    self.stale.add(candidate.key)
             elif stored is None:
-                self.missing.add(_json_key(candidate.key))
+                self.missing.add(candidate.key)
             elif stored != candidate.digest:
-                self.stale.add(_json_key(candidate.key))
+                self.stale.add(candidate.key)
         self.pending = []
 
 
 def _scan(
-    conn: psycopg.Connection,
-    qdrant: QdrantClient,
-    table: TableConfig,
-    schema: str,
-    collection: str,
-    limit: int | None,
+    source: SourceTable, qdrant: QdrantClient, collection: str, limit: int | None
 ) -> ReconcileReport:
-    columns = check_table(conn, schema, table)
-    if EMBEDDED_IN not in columns:
-        raise RuntimeError(
-            f"{schema}.{table.table} has no {EMBEDDED_IN} column; run `vector-pipeline init-db`"
-        )
+    table = source.config
     exists = qdrant.collection_exists(collection)
     points = _read_points(qdrant, table, collection) if exists else {}
     point_count = len(points)
@@ -247,7 +247,7 @@ def _scan(
     missing, stale, orphans = _Tally(limit), _Tally(limit), _Tally(limit)
     checker = _Checker(qdrant, collection, exists, missing, stale)
     rows = embedded = 0
-    for key, values, is_embedded in _stream_rows(conn, schema, table, collection):
+    for key, values, is_embedded in _stream_rows(source, collection):
         rows += 1
         point = _point_key(point_id(table.data_type, key, collection))
         # Every row claims its point, pending or not; the points left unclaimed are orphans.
@@ -255,14 +255,15 @@ def _scan(
         if not is_embedded:
             continue
         embedded += 1
+        row_id = source.key.row_id(key)
         if not table.has_text(values):
             # A sync skips a row without text: it should hold no point.
             if stored is not None:
-                checker.add(_Candidate(key, point, None))
+                checker.add(_Candidate(row_id, point, None))
             continue
         digest = bytes.fromhex(content_hash(table.render_text(values)))
         if stored != digest:
-            checker.add(_Candidate(key, point, digest))
+            checker.add(_Candidate(row_id, point, digest))
     checker.flush()
     for point in points:
         orphans.add(_point_id_text(point) if isinstance(point, bytes) else point)
@@ -282,50 +283,31 @@ def _scan(
     )
 
 
-def _table_filter(table: TableConfig) -> models.Filter:
-    return models.Filter(
-        must=[
-            models.FieldCondition(key="meta_data.table", match=models.MatchValue(value=table.name))
-        ]
-    )
-
-
 def _read_points(
     qdrant: QdrantClient, table: TableConfig, collection: str
 ) -> dict[PointKey, bytes]:
     """Point id -> content hash for every point of `table`, without vectors or texts."""
-    points: dict[PointKey, bytes] = {}
-    options = qdrant.init_options
-    local = bool(options.get("path")) or options.get("location") == ":memory:"
-    offset = None
-    while True:
-        page, offset = qdrant.scroll(
-            collection,
-            scroll_filter=_table_filter(table),
-            limit=LOCAL_SCROLL_PAGE if local else SCROLL_PAGE,
-            offset=offset,
-            with_payload=["content_hash"],
-            with_vectors=False,
-        )
-        for record in page:
-            points[_point_key(record.id)] = _stored_digest(record.payload)
-        if offset is None:
-            return points
+    return {
+        _point_key(record.id): _digest(record.payload)
+        for page in scroll_table_points(qdrant, collection, table.name, ["content_hash"])
+        for record in page
+    }
 
 
 def _stream_rows(
-    conn: psycopg.Connection, schema: str, table: TableConfig, collection: str
-) -> Iterator[tuple[Any, dict[str, Any], bool]]:
-    """(key, text column values, embedded?) for every row, through a server-side cursor.
+    source: SourceTable, collection: str
+) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(key text, text column values, embedded?) for every row, through a server-side cursor.
 
     One statement, so one consistent snapshot; rows come in storage order (no sort).
     """
+    conn, table = source.conn, source.config
     text_columns = table.text_columns
-    query = sql.SQL("SELECT t.{pk}, {texts}, NOT ({pending}) FROM {relation} AS t").format(
-        pk=sql.Identifier(table.primary_key),
+    query = sql.SQL("SELECT {key}, {texts}, NOT ({pending}) FROM {relation} AS t").format(
+        key=source.key.text("t"),
         texts=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in text_columns),
         pending=pending_condition(collection),
-        relation=sql.Identifier(schema, table.table),
+        relation=sql.Identifier(source.schema, table.table),
     )
     # A named cursor lives in a transaction; on an autocommit connection this opens one.
     with conn.transaction(), conn.cursor(name="vector_pipeline_reconcile") as cursor:
@@ -338,53 +320,15 @@ def _stream_rows(
 # --- repair --------------------------------------------------------------------------------
 
 
-def _mark_pending(
-    conn: psycopg.Connection,
-    schema: str,
-    table: TableConfig,
-    pk_type: sql.Composable,
-    collection: str,
-    keys: Sequence[Any],
-) -> int:
-    """Remove `collection` (only it) from `embedded_in` of the rows with these keys."""
-    # `jsonb - text` drops the matching string elements of an array; only rows still marked
-    # (so their embedded_in is an array holding the collection) are touched. The trigger
-    # watches text columns only, so this UPDATE does not fire it.
-    query = sql.SQL(
-        """
-        UPDATE {relation} AS t SET {embedded_in} = t.{embedded_in} - %(collection)s::text
-        WHERE t.{pk} = ANY(%(keys)s::{pk_type}[]) AND NOT ({pending})
-        """
-    ).format(
-        relation=sql.Identifier(schema, table.table),
-        embedded_in=sql.Identifier(EMBEDDED_IN),
-        pk=sql.Identifier(table.primary_key),
-        pk_type=pk_type,
-        pending=pending_condition(collection),
-    )
-    marked = 0
-    for chunk in _chunks(keys, REPAIR_BATCH):
-        with conn.transaction():
-            cursor = conn.execute(query, {"collection": collection, "keys": chunk})
-        marked += cursor.rowcount
-    return marked
-
-
 def _delete_orphans(
-    conn: psycopg.Connection,
-    qdrant: QdrantClient,
-    schema: str,
-    table: TableConfig,
-    pk_type: sql.Composable,
-    collection: str,
-    report: ReconcileReport,
+    source: SourceTable, qdrant: QdrantClient, collection: str, report: ReconcileReport
 ) -> tuple[int, int]:
     """Delete the orphan points, except those whose row exists again; (deleted, kept)."""
     if not report.orphans or not qdrant.collection_exists(collection):
         return 0, 0
     deleted = kept = 0
     for chunk in _chunks(report.orphans, REPAIR_BATCH):
-        gone, back = _still_orphans(conn, qdrant, schema, table, pk_type, collection, chunk)
+        gone, back = _still_orphans(source, qdrant, collection, chunk)
         kept += back
         if gone:
             qdrant.delete(collection, points_selector=models.PointIdsList(points=gone), wait=True)
@@ -393,13 +337,7 @@ def _delete_orphans(
 
 
 def _still_orphans(
-    conn: psycopg.Connection,
-    qdrant: QdrantClient,
-    schema: str,
-    table: TableConfig,
-    pk_type: sql.Composable,
-    collection: str,
-    ids: list[str | int],
+    source: SourceTable, qdrant: QdrantClient, collection: str, ids: list[str | int]
 ) -> tuple[list[str | int], int]:
     """The points among `ids` that still exist and belong to no row, and how many belong to one.
 
@@ -410,46 +348,14 @@ def _still_orphans(
     records = qdrant.retrieve(
         collection, ids=ids, with_payload=["meta_data.row_id"], with_vectors=False
     )
-    claims: dict[str, Any] = {}
+    claims: dict[str, str] = {}
     for record in records:
-        row_id = ((record.payload or {}).get("meta_data") or {}).get("row_id")
-        if row_id is not None and point_id(table.data_type, row_id, collection) == str(record.id):
-            claims[str(record.id)] = row_id
-    existing = _existing_keys(conn, schema, table, pk_type, list(claims.values()))
-    back = {point for point, row_id in claims.items() if str(row_id) in existing}
+        key = key_text_of_row_id(((record.payload or {}).get("meta_data") or {}).get("row_id"))
+        if key is not None and point_id(source.config.data_type, key, collection) == str(record.id):
+            claims[str(record.id)] = key
+    existing = source.existing_keys(list(claims.values()))
+    back = {point for point, key in claims.items() if key in existing}
     return [record.id for record in records if str(record.id) not in back], len(back)
-
-
-def _existing_keys(
-    conn: psycopg.Connection,
-    schema: str,
-    table: TableConfig,
-    pk_type: sql.Composable,
-    keys: list[Any],
-) -> set[str]:
-    """The keys (as text) among `keys` that some row has."""
-    if not keys:
-        return set()
-    query = sql.SQL(
-        "SELECT t.{pk} FROM {relation} AS t WHERE t.{pk} = ANY(%s::{pk_type}[])"
-    ).format(
-        pk=sql.Identifier(table.primary_key),
-        relation=sql.Identifier(schema, table.table),
-        pk_type=pk_type,
-    )
-    try:
-        with conn.transaction():
-            return {str(row[0]) for row in conn.execute(query, ([str(k) for k in keys],))}
-    except psycopg.DataError:
-        # Some payload value is not a valid key: such a row cannot exist; check one by one.
-        found: set[str] = set()
-        for key in keys:
-            try:
-                with conn.transaction():
-                    found |= {str(row[0]) for row in conn.execute(query, ([str(key)],))}
-            except psycopg.DataError:
-                continue
-        return found
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -465,19 +371,9 @@ def _point_id_text(point: PointKey) -> str | int:
     return str(uuid.UUID(bytes=point)) if isinstance(point, bytes) else point
 
 
-def _stored_digest(payload: dict[str, Any] | None) -> bytes:
-    value = (payload or {}).get("content_hash")
-    if isinstance(value, str) and len(value) == 32:
-        try:
-            return bytes.fromhex(value)
-        except ValueError:
-            pass
-    return _NO_HASH
-
-
-def _json_key(key: Any) -> Any:
-    """int and str keys as they are; others as their PostgreSQL text (it casts back)."""
-    return key if isinstance(key, int | str) else str(key)
+def _digest(payload: dict[str, Any] | None) -> bytes:
+    value = stored_hash(payload)
+    return bytes.fromhex(value) if value is not None else _NO_HASH
 
 
 def _sort_key(item: Any) -> tuple[int, Any]:

@@ -28,21 +28,27 @@ from vector_pipeline.database_setup import (
     SetupError,
     check_table,
     collection_marker,
+    key_layout,
     pending_condition,
     table_columns,
 )
 from vector_pipeline.failpoints import failpoint
+from vector_pipeline.points import apply_key_settings
+from vector_pipeline.store_state import STORE_TABLE
 
 VERSION = "__vector_pipeline_version"
+MARK_CHUNK = 1000  # keys per UPDATE when marking rows pending
+VOID_CHUNK = 5000  # rows per transaction when voiding every mark of a collection
 KEY_TEXT = "__vector_pipeline_key"
 MINE = "__vector_pipeline_mine"
 
 
 @dataclass(frozen=True)
 class SourceRow:
-    key: Any
+    key: str  # the canonical key text (points.py)
     version: str
     values: dict[str, Any]
+    row_id: str | int  # the payload's meta_data.row_id (points.KeyLayout.row_id)
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,14 @@ class TableCounts:
 
 
 def connect(database_url: str) -> psycopg.Connection:
-    """An autocommit connection: each read stands alone, each write is an explicit transaction."""
-    return psycopg.connect(database_url, autocommit=True, application_name="vector_pipeline")
+    """An autocommit connection: each read stands alone, each write is an explicit transaction.
+
+    Its session settings are pinned (points.KEY_SETTINGS) so key texts do not depend on the
+    environment's PGTZ or the server's defaults.
+    """
+    conn = psycopg.connect(database_url, autocommit=True, application_name="vector_pipeline")
+    apply_key_settings(conn)
+    return conn
 
 
 class SourceTable:
@@ -84,6 +96,7 @@ class SourceTable:
                 (f"{EMBEDDED_IN} column", EMBEDDED_IN in columns),
                 (f"{state}.{SKIP_TABLE}", table_columns(conn, state, SKIP_TABLE)),
                 (f"{state}.{CLAIM_TABLE}", table_columns(conn, state, CLAIM_TABLE)),
+                (f"{state}.{STORE_TABLE}", table_columns(conn, state, STORE_TABLE)),
             )
             if not present
         ]
@@ -92,16 +105,16 @@ class SourceTable:
                 f"{schema}.{table.table} is not set up for syncing (no {', '.join(missing)}); "
                 "run `vector-pipeline init-db`"
             )
+        # Key texts are computed by PostgreSQL under pinned settings; a connection handed in
+        # by a caller gets them too.
+        apply_key_settings(conn)
         self._relation = sql.Identifier(schema, table.table)
-        self._pk = sql.Identifier(table.primary_key)
-        # Keys are sent back as an array of the column's own type so the primary-key index
-        # serves the mark.
-        self._pk_type = sql.SQL(columns[table.primary_key].type)
+        self.key = key_layout(table, columns)
         text_columns = sql.SQL(", ").join(
             sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in table.text_columns
         )
         self._version = sql.SQL("md5(ROW({})::text)").format(text_columns)
-        self.claims = Claims(conn, state, table.name, self._pk_type)
+        self.claims = Claims(conn, state, table.name)
 
     @classmethod
     def for_config(
@@ -117,14 +130,14 @@ class SourceTable:
         """
         return sql.SQL(
             "{pending} AND NOT EXISTS (SELECT 1 FROM {skips} AS s WHERE s.table_name = {name} "
-            "AND s.collection = {collection} AND s.row_key = t.{pk}::text "
+            "AND s.collection = {collection} AND s.row_key = {key_text} "
             "AND s.version = {version})"
         ).format(
             pending=pending_condition(collection),
             skips=self._skips,
             name=sql.Literal(self.config.name),
             collection=sql.Literal(collection),
-            pk=self._pk,
+            key_text=self.key.text("t"),
             version=self._version,
         )
 
@@ -135,38 +148,56 @@ class SourceTable:
         Rows claimed by other workers are passed over; the caller releases its claims when it
         marks the rows (`mark_embedded`) or gives up (`Claims.release_all`).
         """
-        selected = sql.SQL(", ").join(
-            sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.selected_columns
-        )
+        columns = self.config.row_columns
+        # The key columns ride along only to order by: values such as a date 'infinity' or
+        # a year BC have no Python form, and the key travels as its text anyway.
+        order = [
+            sql.Identifier(f"__vector_pipeline_order_{i}") for i in range(len(self.key.columns))
+        ]
         key_text = sql.Identifier(KEY_TEXT)
         template = """
             WITH picked AS (
-                SELECT {selected}, {version} AS {version_name}, t.{pk}::text AS {key_text}
+                SELECT {selected}, {order_columns}, {version} AS {version_name},
+                       {row_key} AS {key_text}
                 FROM {relation} AS t
                 WHERE {pending} AND {unclaimed} %s
-                ORDER BY t.{pk} LIMIT %%(limit)s
+                ORDER BY {order} LIMIT %%(limit)s
                 FOR NO KEY UPDATE OF t SKIP LOCKED
             ), claimed AS ({claim})
-            SELECT picked.*, claimed.row_key IS NOT NULL AS {mine}
+            SELECT {picked_columns}, picked.{version_name}, picked.{key_text},
+                   claimed.row_key IS NOT NULL AS {mine}
             FROM picked LEFT JOIN claimed ON claimed.row_key = picked.{key_text}
-            ORDER BY picked.{pk}
+            ORDER BY {picked_order}
             """
         parts = {
-            "selected": selected,
+            "selected": sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns
+            ),
+            "order_columns": sql.SQL(", ").join(
+                sql.SQL("t.{} AS {}").format(sql.Identifier(c), alias)
+                for c, alias in zip(self.key.columns, order, strict=True)
+            ),
+            "picked_columns": sql.SQL(", ").join(
+                sql.SQL("picked.{}").format(sql.Identifier(c)) for c in columns
+            ),
+            "picked_order": sql.SQL(", ").join(sql.SQL("picked.{}").format(o) for o in order),
             "version": self._version,
             "version_name": sql.Identifier(VERSION),
+            "row_key": self.key.text("t"),
             "key_text": key_text,
             "relation": self._relation,
             "pending": self._waiting(collection),
-            "unclaimed": self.claims.unclaimed(collection, sql.SQL("t.{}::text").format(self._pk)),
-            "pk": self._pk,
+            "unclaimed": self.claims.unclaimed(collection, self.key.text("t")),
+            "order": self.key.columns_of("t"),
             "claim": self.claims.insert(collection, sql.Identifier("picked"), key_text),
             "mine": sql.Identifier(MINE),
         }
         # Two statements rather than `(after IS NULL OR key > after)`, which a generic plan
         # could not turn into an index range.
         query = sql.SQL(template % "").format(**parts)
-        next_query = sql.SQL(template % "AND t.{pk} > %(after)s").format(**parts)
+        next_query = sql.SQL(template % "AND {after}").format(
+            **parts, after=self.key.after("t", sql.SQL("%(after)s::text"))
+        )
         params: dict[str, Any] = {"limit": batch_size}
         while True:
             with self.conn.cursor(row_factory=dict_row) as cursor:
@@ -177,16 +208,16 @@ class SourceTable:
             for record in records:
                 # A row another worker claimed in the same instant is that worker's to embed.
                 mine = record.pop(MINE)
-                del record[KEY_TEXT]
+                key = record.pop(KEY_TEXT)
                 version = record.pop(VERSION)
                 if mine:
-                    batch.append(SourceRow(record[self.config.primary_key], version, record))
+                    batch.append(SourceRow(key, version, record, self.key.row_id(key)))
             if batch:
                 yield batch
             if len(records) < batch_size:
                 return
             query = next_query
-            params = {**params, "after": records[-1][self.config.primary_key]}
+            params = {**params, "after": key}
 
     def mark_embedded(
         self, collection: str, rows: Sequence[SourceRow], release: Sequence[SourceRow] = ()
@@ -203,15 +234,14 @@ class SourceTable:
             SET {embedded_in} = CASE WHEN jsonb_typeof(t.{embedded_in}) = 'array'
                                      THEN t.{embedded_in} ELSE '[]'::jsonb END
                                 || {marker}
-            FROM unnest(%(keys)s::{pk_type}[], %(versions)s::text[]) AS v(key, version)
-            WHERE t.{pk} = v.key AND {version} = v.version AND {pending}
+            FROM unnest(%(keys)s::text[], %(versions)s::text[]) AS v(key, version)
+            WHERE {match} AND {version} = v.version AND {pending}
             """
         ).format(
             relation=self._relation,
             embedded_in=sql.Identifier(EMBEDDED_IN),
             marker=collection_marker(collection),
-            pk_type=self._pk_type,
-            pk=self._pk,
+            match=self.key.match("t", sql.SQL("v.key")),
             version=self._version,
             pending=pending_condition(collection),
         )
@@ -232,7 +262,7 @@ class SourceTable:
                         "DELETE FROM {} WHERE table_name = %s AND collection = %s "
                         "AND row_key = ANY(%s::text[])"
                     ).format(self._skips),
-                    (self.config.name, collection, [str(row.key) for row in rows]),
+                    (self.config.name, collection, [row.key for row in rows]),
                 )
             # In the same transaction as the mark: other workers see the claim or the mark.
             self.claims.release(collection, [row.key for row in release])
@@ -253,11 +283,11 @@ class SourceTable:
 
         For estimates (`plan`): no claim is taken and nothing is locked.
         """
-        query = sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY t.{} LIMIT %s").format(
+        query = sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
             sql.SQL(", ").join(sql.Identifier(c) for c in self.config.text_columns),
             self._relation,
             self._waiting(collection),
-            self._pk,
+            self.key.columns_of("t"),
         )
         columns = self.config.text_columns
         texts: list[str | None] = []
@@ -287,15 +317,14 @@ class SourceTable:
         query = sql.SQL(
             "SELECT (SELECT count(*) FROM {relation} AS t WHERE {pending}), "
             "(SELECT count(*) FROM {skips} AS s JOIN {relation} AS t "
-            "ON t.{pk} = s.row_key::{pk_type} "
+            "ON {match} "
             "WHERE s.table_name = {name} AND s.collection = {collection} "
             "AND s.version = {version} AND {pending})"
         ).format(
             relation=self._relation,
             pending=pending_condition(collection),
             skips=self._skips,
-            pk=self._pk,
-            pk_type=self._pk_type,
+            match=self.key.match("t", sql.SQL("s.row_key")),
             name=sql.Literal(self.config.name),
             collection=sql.Literal(collection),
             version=self._version,
@@ -326,8 +355,8 @@ class SourceTable:
         scan (216 ms on 1M rows with nothing pending), while the ordered form walks the
         partial index (under 1 ms).
         """
-        query = sql.SQL("SELECT 1 FROM {} AS t WHERE {} ORDER BY t.{} LIMIT 1").format(
-            self._relation, self._waiting(collection), self._pk
+        query = sql.SQL("SELECT 1 FROM {} AS t WHERE {} ORDER BY {} LIMIT 1").format(
+            self._relation, self._waiting(collection), self.key.columns_of("t")
         )
         return self.conn.execute(query).fetchone() is not None
 
@@ -344,7 +373,7 @@ class SourceTable:
                     "skipped_at = now()"
                 ).format(self._skips),
                 [
-                    (self.config.name, collection, str(row.key), row.version, reason)
+                    (self.config.name, collection, row.key, row.version, reason)
                     for row, reason in skipped
                 ],
             )
@@ -358,13 +387,85 @@ class SourceTable:
         ).format(self._skips)
         return self.conn.execute(query, (self.config.name, collection, collection)).fetchall()
 
-    def existing_keys(self, keys: Sequence[Any]) -> set[Any]:
-        """Which of `keys` are rows of the table now (keys as Python values: int, str)."""
+    def existing_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of the key texts `keys` are rows of the table now.
+
+        A text that is no valid key of the table (a payload written by something else) names
+        no row; it is looked up alone so it cannot hide the others.
+        """
         if not keys:
             return set()
-        query = sql.SQL("SELECT {pk} FROM {relation} WHERE {pk} = ANY(%s::{pk_type}[])").format(
-            pk=self._pk, relation=self._relation, pk_type=self._pk_type
+        query = sql.SQL(
+            "SELECT v.k FROM unnest(%s::text[]) AS v(k) WHERE EXISTS "
+            "(SELECT 1 FROM {relation} AS t WHERE {match})"
+        ).format(relation=self._relation, match=self.key.match("t", sql.SQL("v.k")))
+        try:
+            with self.conn.transaction():
+                return {row[0] for row in self.conn.execute(query, (list(keys),))}
+        except psycopg.DataError:
+            found: set[str] = set()
+            for key in keys:
+                try:
+                    with self.conn.transaction():
+                        found |= {row[0] for row in self.conn.execute(query, ([key],))}
+                except psycopg.DataError:
+                    continue
+            return found
+
+    def mark_pending(self, collection: str, keys: Sequence[str]) -> int:
+        """Remove `collection` (only it) from `embedded_in` of the rows with these key texts;
+        return how many rows changed. The reset trigger watches text and key columns only,
+        so this UPDATE does not fire it."""
+        # `jsonb - text` drops the matching string elements of an array; only rows still
+        # marked (so their embedded_in is an array holding the collection) are touched.
+        query = sql.SQL(
+            """
+            UPDATE {relation} AS t SET {embedded_in} = t.{embedded_in} - %(collection)s::text
+            FROM unnest(%(keys)s::text[]) AS v(k)
+            WHERE {match} AND NOT ({pending})
+            """
+        ).format(
+            relation=self._relation,
+            embedded_in=sql.Identifier(EMBEDDED_IN),
+            match=self.key.match("t", sql.SQL("v.k")),
+            pending=pending_condition(collection),
         )
-        # Compared as text: a uuid key arrives from JSON as a string, the row's as a UUID.
-        found = {str(row[0]) for row in self.conn.execute(query, (list(keys),))}
-        return {key for key in keys if str(key) in found}
+        marked = 0
+        for start in range(0, len(keys), MARK_CHUNK):
+            with self.conn.transaction():
+                cursor = self.conn.execute(
+                    query,
+                    {"collection": collection, "keys": list(keys[start : start + MARK_CHUNK])},
+                )
+            marked += cursor.rowcount
+        return marked
+
+    def void_marks(self, collection: str) -> int:
+        """Remove `collection` from `embedded_in` of every row that has it; return how many.
+
+        For a store that lost points (see store_state.py): a page of keys per short
+        transaction, so the table is never locked for long.
+        """
+        query = sql.SQL(
+            """
+            WITH page AS (
+                SELECT {key_columns} FROM {relation} AS t WHERE NOT ({pending})
+                ORDER BY {key_columns} LIMIT %s FOR NO KEY UPDATE
+            )
+            UPDATE {relation} AS t SET {embedded_in} = t.{embedded_in} - %s::text
+            FROM page WHERE ({key_columns}) = ({page_columns})
+            """
+        ).format(
+            relation=self._relation,
+            key_columns=self.key.columns_of("t"),
+            page_columns=self.key.columns_of("page"),
+            pending=pending_condition(collection),
+            embedded_in=sql.Identifier(EMBEDDED_IN),
+        )
+        voided = 0
+        while True:
+            with self.conn.transaction():
+                changed = self.conn.execute(query, (VOID_CHUNK, collection)).rowcount
+            voided += changed
+            if changed < VOID_CHUNK:
+                return voided

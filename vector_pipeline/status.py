@@ -10,6 +10,7 @@ from qdrant_client import QdrantClient
 from vector_pipeline.aliases import serving
 from vector_pipeline.config import ProjectConfig, collection_name_for
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import StoreState
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class TableStatus:
     # aliases off, or Qdrant not consulted).
     alias: str | None = None
     alias_serves_this: bool | None = None
+    # Whether the collection is the store the marks were made in (store_state.py); False: the
+    # next sync voids them and re-checks every row. None: Qdrant not consulted.
+    verified: bool | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -55,7 +59,11 @@ def sync_status(
             collection = collection_name_for(table_config.collection_base, model.id)
             counts = source.counts(collection)
             alias = config.tables.alias_for(table_config.collection_base)
-            serves = None
+            serves = verified = None
+            if qdrant is not None:
+                verified = StoreState(
+                    conn, qdrant, config.tables.schema_, table_config.name, collection
+                ).matches()
             if alias is not None and qdrant is not None:
                 if alias not in served:  # one lookup per alias, not per table and model
                     served[alias] = serving(qdrant, alias)
@@ -71,6 +79,7 @@ def sync_status(
                     skipped=counts.skipped,
                     alias=alias,
                     alias_serves_this=serves,
+                    verified=verified,
                 )
             )
     return statuses

@@ -11,12 +11,9 @@ and never marks stale text.
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,17 +26,23 @@ from qdrant_client import QdrantClient
 
 from vector_pipeline.aliases import update_active_alias
 from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
-from vector_pipeline.deletes import collection_lock, drain_tombstones
+from vector_pipeline.deletes import collection_lock, delete_points_of_gone_rows, drain_tombstones
 from vector_pipeline.embedders import Embedder
 from vector_pipeline.failpoints import failpoint
+from vector_pipeline.points import (
+    content_hash,
+    point_id,
+    point_payload,
+    scroll_table_points,
+    stored_hash,
+)
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import Bm25
+from vector_pipeline.store_state import StoreState
 from vector_pipeline.vector_store import (
     PointData,
-    content_hash,
     delete_points,
     ensure_collection,
-    point_id,
     upsert_points,
 )
 
@@ -58,6 +61,7 @@ class Logger(Protocol):
 class BatchReport:
     rows: int
     embedded: int
+    adopted: int  # marked without embedding: their point already held their current text
     skipped: int
     truncated: int
     left_pending: int
@@ -71,6 +75,7 @@ class SyncResult:
     model: str
     collection: str
     embedded: int = 0
+    adopted: int = 0
     skipped: int = 0
     truncated: int = 0
     left_pending: int = 0
@@ -81,6 +86,7 @@ class SyncResult:
     total_rows: int = 0
     deleted: int = 0
     created_collection: bool = False
+    marks_voided: int = 0  # marks removed because the store was not the one they were made in
     skipped_ids: list[Any] = field(default_factory=list)
     truncated_ids: list[Any] = field(default_factory=list)
     alias: str | None = None  # the active alias of the table's collections, if any
@@ -89,6 +95,7 @@ class SyncResult:
     def add(self, report: BatchReport) -> None:
         self.batches += 1
         self.embedded += report.embedded
+        self.adopted += report.adopted
         self.skipped += report.skipped
         self.truncated += report.truncated
         self.left_pending += report.left_pending
@@ -101,42 +108,17 @@ def bm25() -> Bm25:
     return Bm25()
 
 
-def json_safe(value: Any) -> Any:
-    """Payload values as JSON types Qdrant accepts."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dt.date | dt.datetime | dt.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return str(value)
-
-
 def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
-    name = row.values.get(table.name_column) if table.name_column else None
-    meta = {
-        "table": table.name,
-        "data_type": table.data_type,
-        "row_id": json_safe(row.key),
-        # The model read only a prefix of `content`; readers can tell.
-        "truncated": truncated,
-        **{column: json_safe(row.values[column]) for column in table.payload_columns},
-    }
-    return {
-        "name": str(name) if name is not None else f"{table.data_type}_{row.key}",
-        "meta_data": meta,
-        "content": text,
-        "content_hash": content_hash(text),
-        # Agno's Document fields, kept so Agno-based readers load these points unchanged.
-        "usage": None,
-        "content_id": None,
-    }
+    return point_payload(
+        table=table.name,
+        data_type=table.data_type,
+        row_id=row.row_id,
+        key_text=row.key,
+        name=row.values.get(table.name_column) if table.name_column else None,
+        text=text,
+        truncated=truncated,
+        payload_values={column: row.values[column] for column in table.payload_columns},
+    )
 
 
 class BudgetExceeded(RuntimeError):
@@ -157,6 +139,7 @@ class EmbeddedBatch:
     rows: list[SourceRow]
     wanted: list[SourceRow]
     skipped: list[SourceRow]
+    adopted: list[SourceRow]
     points: list[PointData]
     truncated: tuple[int, ...]
     tokens: int
@@ -164,19 +147,25 @@ class EmbeddedBatch:
 
 
 def embed_batch(
-    rows: list[SourceRow], table: TableConfig, embedder: Embedder, collection: str
+    rows: list[SourceRow],
+    table: TableConfig,
+    embedder: Embedder,
+    collection: str,
+    current: frozenset[str] = frozenset(),
 ) -> EmbeddedBatch:
-    """Render, embed (dense and sparse) and build the points of one batch.
+    """Render, embed (dense and sparse) and build the points of one batch; rows whose key is
+    in `current` (their point already holds their text) are adopted, not embedded.
 
     No database or Qdrant access, so batches can be embedded on worker threads while the main
     thread reads the next batch and writes the previous one.
     """
     started = time.perf_counter()
-    wanted = [row for row in rows if table.has_text(row.values)]
     skipped = [row for row in rows if not table.has_text(row.values)]
+    adopted = [row for row in rows if row.key in current and table.has_text(row.values)]
+    wanted = [row for row in rows if row.key not in current and table.has_text(row.values)]
     texts = [table.render_text(row.values) for row in wanted]
     if not wanted:
-        return EmbeddedBatch(rows, wanted, skipped, [], (), 0, started)
+        return EmbeddedBatch(rows, wanted, skipped, adopted, [], (), 0, started)
     dense = embedder.embed_documents(texts)
     failpoint("after_embed")
     sparse = bm25().embed_documents(texts)
@@ -192,7 +181,35 @@ def embed_batch(
             zip(wanted, texts, dense.vectors, sparse, strict=True)
         )
     ]
-    return EmbeddedBatch(rows, wanted, skipped, points, dense.truncated, dense.tokens, started)
+    return EmbeddedBatch(
+        rows, wanted, skipped, adopted, points, dense.truncated, dense.tokens, started
+    )
+
+
+def current_points(
+    qdrant: QdrantClient, table: TableConfig, collection: str, rows: Sequence[SourceRow]
+) -> frozenset[str]:
+    """Keys of `rows` whose point already holds their current text (same `content_hash`).
+
+    Such a row was embedded into this collection before and lost only its mark (a restore,
+    a store check, a mark removed by hand): it is marked again without paying for it.
+    """
+    ids = {
+        point_id(table.data_type, row.key, collection): row
+        for row in rows
+        if table.has_text(row.values)
+    }
+    if not ids:
+        return frozenset()
+    records = qdrant.retrieve(
+        collection, ids=list(ids), with_payload=["content_hash"], with_vectors=False
+    )
+    return frozenset(
+        row.key
+        for record in records
+        if (row := ids.get(str(record.id))) is not None
+        and stored_hash(record.payload) == content_hash(table.render_text(row.values))
+    )
 
 
 def write_batch(
@@ -215,20 +232,22 @@ def write_batch(
         source.record_skips(collection, [(row, NO_TEXT) for row in batch.skipped])
     upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
+    adopted = source.mark_embedded(collection, batch.adopted) if batch.adopted else 0
     marked = source.mark_embedded(collection, batch.wanted, release=batch.rows)
     failpoint("after_mark")
 
     for samples, found in (
-        (result.skipped_ids, [row.key for row in batch.skipped]),
-        (result.truncated_ids, [batch.wanted[i].key for i in batch.truncated]),
+        (result.skipped_ids, [row.row_id for row in batch.skipped]),
+        (result.truncated_ids, [batch.wanted[i].row_id for i in batch.truncated]),
     ):
         samples.extend(found[: max(0, SAMPLE_IDS - len(samples))])
     return BatchReport(
         rows=len(batch.rows),
         embedded=marked,
+        adopted=adopted,
         skipped=len(batch.skipped),
         truncated=len(batch.truncated),
-        left_pending=len(batch.wanted) - marked,
+        left_pending=len(batch.wanted) + len(batch.adopted) - marked - adopted,
         tokens=batch.tokens,
         seconds=time.perf_counter() - batch.started,
     )
@@ -263,6 +282,11 @@ def sync_table(
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
+    store = StoreState(conn, qdrant, state_schema, table.name, collection)
+    if not store.matches():
+        with collection_lock(conn, schema, table, collection, log):
+            if not store.matches():  # another worker may have just done it
+                result.marks_voided = void_marks(source, qdrant, store, log)
     # Shared: any number of workers sync this table into this collection together, sharing
     # the rows through claims; `repair` takes the lock exclusively and waits for them.
     with collection_lock(conn, schema, table, collection, log, shared=True):
@@ -289,6 +313,8 @@ def sync_table(
                 source.claims.release_all(collection)
         # Rows deleted while this sync ran: their points go now, not at the next sync.
         _drain(source, qdrant, state_schema, collection, collections, log, result)
+        if result.embedded or result.skipped or result.deleted or result.adopted:
+            store.advance()
 
     failpoint("before_final_count")
     counts = source.counts(collection)
@@ -296,6 +322,33 @@ def sync_table(
     result.seconds = time.perf_counter() - started
     _summarise(result, embedder, log)
     return result
+
+
+def void_marks(source: SourceTable, qdrant: QdrantClient, store: StoreState, log: Logger) -> int:
+    """The store is not the one the marks were made in (store_state.py): remove every mark
+    of the table for the collection, delete points whose rows are gone, start a new record.
+
+    The caller holds the collection lock exclusively. Rows whose point still holds their text
+    are marked again by the sync that follows, without embedding.
+    """
+    table, collection = source.config, store.collection
+    recorded = store.recorded()
+    voided = source.void_marks(collection)
+    for points in scroll_table_points(qdrant, collection, table.name, ["meta_data.row_id"]):
+        delete_points_of_gone_rows(source, qdrant, collection, points)
+    store.start()
+    if recorded is None and not voided:
+        return 0  # the table's first sync into this collection: nothing to distrust
+    why = (
+        "has no record of this table"
+        if recorded is None
+        else "is not the store the rows were marked in (recreated, replaced or restored)"
+    )
+    log.warning(
+        f"{table.name}: collection {collection} {why}: {voided} marks were voided; rows whose "
+        "point still holds their text are marked again without embedding"
+    )
+    return voided
 
 
 def _drain(
@@ -337,13 +390,13 @@ def _sync_pending(
     in_flight: deque[tuple[list[SourceRow], Future[EmbeddedBatch]]] = deque()
     failed = threading.Event()
 
-    def embed(rows: list[SourceRow]) -> EmbeddedBatch:
+    def embed(rows: list[SourceRow], current: frozenset[str]) -> EmbeddedBatch:
         # Once one batch has failed, queued batches send nothing: a rejected key or a dead
         # provider costs one failed request per worker, not one per batch read ahead.
         if failed.is_set():
             raise _PipelineStopped
         try:
-            return embed_batch(rows, table, embedder, collection)
+            return embed_batch(rows, table, embedder, collection, current)
         except BaseException:
             failed.set()
             raise
@@ -371,12 +424,14 @@ def _sync_pending(
         )
         result.add(report)
         log.info(
-            "%s -> %s: batch %d: %d rows, %d embedded, %d skipped, %d truncated, %d tokens, %.2f s",
+            "%s -> %s: batch %d: %d rows, %d embedded, %d already current, %d skipped, "
+            "%d truncated, %d tokens, %.2f s",
             table.name,
             collection,
             result.batches,
             report.rows,
             report.embedded,
+            report.adopted,
             report.skipped,
             report.truncated,
             report.tokens,
@@ -390,14 +445,17 @@ def _sync_pending(
         refused = 0
         for rows in source.pending_batches(collection, batch_size):
             failpoint("after_read")
+            current = current_points(qdrant, table, collection, rows)
             if admit is not None:
                 texts = [
-                    table.render_text(row.values) for row in rows if table.has_text(row.values)
+                    table.render_text(row.values)
+                    for row in rows
+                    if table.has_text(row.values) and row.key not in current
                 ]
                 if texts and not admit(texts):
                     refused = len(rows)
                     break
-            in_flight.append((rows, pool.submit(embed, rows)))
+            in_flight.append((rows, pool.submit(embed, rows, current)))
             while len(in_flight) > concurrency:
                 write_oldest()
         while in_flight:
@@ -430,6 +488,12 @@ def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:
             embedder.model_id,
             SAMPLE_IDS,
             result.truncated_ids,
+        )
+    if result.adopted:
+        log.info(
+            "%s: %d rows were marked without embedding: their points already held their text",
+            result.table,
+            result.adopted,
         )
     if result.left_pending:
         log.info(

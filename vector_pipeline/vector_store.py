@@ -2,19 +2,16 @@
 
 The layout is the one the reference design wrote through Agno's Qdrant store in hybrid mode, so
 applications that searched its collections keep working: named vectors `dense` (cosine) and
-`sparse` (BM25 term weights, IDF applied by Qdrant), and a payload of `name`, `meta_data`,
-`content`, `content_hash`, `usage` and `content_id`.
+`sparse` (BM25 term weights, IDF applied by Qdrant); the ids and payloads are points.py's.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,16 +33,6 @@ log = logging.getLogger(__name__)
 
 class CollectionMismatchError(RuntimeError):
     """An existing collection's layout does not fit the model that would write to it."""
-
-
-def point_id(data_type: str, row_id: Any, collection: str) -> str:
-    """The reference design's deterministic id: a re-run overwrites instead of duplicating."""
-    digest = hashlib.md5(f"{data_type}_{row_id}_{collection}".encode()).hexdigest()
-    return str(uuid.UUID(digest))
-
-
-def content_hash(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()
 
 
 # Local mode lets one client hold a storage folder, even within a process. Clients in one

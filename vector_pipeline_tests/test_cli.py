@@ -61,8 +61,11 @@ def test_seed_sync_status_search(cli, demo_config):
         # Readers' alias serves the default model's collection, now complete.
         "alias": "knowledge_active",
         "alias_serves_this": True,
+        # The collection is the store these rows were marked in.
+        "verified": True,
     }
     assert (rows["hadith", "det_b"]["embedded"], rows["hadith", "det_b"]["pending"]) == (0, 30)
+    assert rows["hadith", "det_b"]["verified"] is False  # never synced: nothing to vouch for
 
     again = cli(demo_config, "sync", "--table", "hadith")
     assert "hadith: embedded 0 into" in again.output

@@ -18,9 +18,10 @@ from vector_pipeline.config import ProjectConfig, TableConfig, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.points import content_hash, point_id
 from vector_pipeline.reconcile import ReconcileReport, reconcile, repair
 from vector_pipeline.sync import SyncResult, sync_table
-from vector_pipeline.vector_store import content_hash, open_qdrant, point_id
+from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import write_config
 
 

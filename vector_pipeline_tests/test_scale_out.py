@@ -21,7 +21,8 @@ from psycopg import sql
 
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
-from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline.store_state import vouch_for
+from vector_pipeline.vector_store import ensure_collection, open_qdrant
 from vector_pipeline_tests.conftest import (
     API_KEY_VARIABLE,
     api_project,
@@ -57,6 +58,7 @@ def test_workers_share_the_rows_and_embed_each_exactly_once(
         server.gate(WORKERS)
         config = api_project(conn, schema, tmp_path, server.url, max_concurrent_requests=1)
         stores = [str(tmp_path / f"qdrant-{n}") for n in range(WORKERS)]
+        seed_stores(conn, config, stores)
         env = {**os.environ, "DATABASE_URL": database_url}
         env["VECTOR_PIPELINE_CONFIG_DIR"] = str(config.config_dir)
         env.pop("QDRANT_URL", None)
@@ -92,6 +94,17 @@ def test_workers_share_the_rows_and_embed_each_exactly_once(
     assert claims(conn, schema) == 0
 
 
+def seed_stores(conn: psycopg.Connection, config, stores: list[str]) -> None:
+    """Several local folders stand in for one Qdrant server: each gets the collection and the
+    same store record (store_state.py), as one server would show every worker. Without it,
+    each worker would rightly take the others' marks for marks made in another store."""
+    table = config.tables.tables[0]
+    for store in stores:
+        with open_qdrant(QdrantLocation(path=store)) as qdrant:
+            ensure_collection(qdrant, COLLECTION, 8)
+            vouch_for(conn, qdrant, config.tables.schema_, table.name, COLLECTION)
+
+
 def test_rows_claimed_by_a_dead_worker_are_taken_over(project, conn, schema, qdrant):
     table = project.tables.tables[0]
     source = SourceTable.for_config(conn, project, table)
@@ -118,17 +131,16 @@ def test_rows_a_live_worker_holds_are_left_to_it(project, conn, schema, qdrant, 
     rows = project_rows(conn, schema)
     with psycopg.connect(database_url, autocommit=True) as other:
         holder = SourceTable.for_config(other, project, table)
-        assert holder.claims.claim_keys("test_det-a_hybrid", list(range(1, 21))) == list(
-            range(1, 21)
-        )
+        held = [str(key) for key in range(1, 21)]
+        assert holder.claims.claim_keys("test_det-a_hybrid", held) == held
         result = sync_model(project, conn, qdrant)
         # The holder is alive: its rows are its own, still pending, and its claims stand.
         assert (result.embedded, result.pending_after) == (rows - 20, 20)
         assert claims(conn, schema) == 20
         # A drain cannot claim them either (the key of a row being embedded is off limits).
         source = SourceTable.for_config(conn, project, table)
-        assert source.claims.claim_keys("test_det-a_hybrid", [5, 40]) == [40]
-        source.claims.release("test_det-a_hybrid", [40])
+        assert source.claims.claim_keys("test_det-a_hybrid", ["5", "40"]) == ["40"]
+        source.claims.release("test_det-a_hybrid", ["40"])
     # The holder's session ended without releasing: the next sync takes the rows over.
     result = sync_model(project, conn, qdrant)
     assert (result.embedded, result.pending_after) == (20, 0)

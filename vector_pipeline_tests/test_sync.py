@@ -157,11 +157,17 @@ def test_switching_default_model_fills_a_new_collection_and_keeps_the_old(
     assert run_sync(project, conn, qdrant).embedded == 0
 
 
-def test_clearing_markers_and_rerunning_creates_no_duplicates(project, conn, qdrant, schema):
+def test_clearing_markers_and_rerunning_creates_no_duplicates_and_pays_nothing(
+    project, conn, qdrant, schema
+):
     result = run_sync(project, conn, qdrant)
-    conn.execute(sql.SQL("UPDATE {} SET embedded_in = '[]'").format(sql.Identifier(schema, "doc")))
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("UPDATE {} SET embedded_in = '[]'").format(doc))
+    # An edited row's point holds its old text: that one is embedded again, the rest adopted.
+    conn.execute(sql.SQL("UPDATE {} SET body = 'new text' WHERE id = 7").format(doc))
     again = run_sync(project, conn, qdrant)
-    assert again.embedded == 120
+    assert (again.embedded, again.adopted, again.tokens > 0) == (1, 119, True)
+    assert embedded_ids(conn, schema, result.collection) == set(range(1, 121))
     assert qdrant.count(result.collection, exact=True).count == 120
 
 

@@ -33,7 +33,15 @@ GROUP = "vector_sync"
 # The kind (icon and tag in the UI) of each embedding provider.
 PROVIDER_KINDS = {"openai": "openai", "jinaai": "jina", "local": "onnx", "deterministic": "python"}
 # Summed over a run's workers; the rest of the materialization's metadata is read afresh.
-SUMMED = ("rows_embedded", "rows_skipped", "rows_truncated", "tokens", "rows_deleted")
+SUMMED = (
+    "rows_embedded",
+    "rows_adopted",
+    "rows_skipped",
+    "rows_truncated",
+    "tokens",
+    "rows_deleted",
+    "marks_voided",
+)
 
 
 class SyncConfig(dg.Config):
@@ -77,10 +85,14 @@ def _run_sync(
 def _work_done(result: SyncResult) -> dict[str, Any]:
     return {
         "rows_embedded": result.embedded,
+        # Marked without embedding: their point already held their current text.
+        "rows_adopted": result.adopted,
         "rows_skipped": result.skipped,
         "rows_truncated": result.truncated,
         "tokens": result.tokens,
         "rows_deleted": result.deleted,
+        # Marks removed because the collection was not the store they were made in.
+        "marks_voided": result.marks_voided,
     }
 
 

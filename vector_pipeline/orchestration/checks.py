@@ -29,7 +29,9 @@ def reconciliation_check(
     )
     def _check(postgres: PostgresResource, qdrant: QdrantResource) -> dg.AssetCheckResult:
         with postgres.connect() as conn, qdrant.client() as client:
-            report = reconcile(conn, client, table, schema, collection)
+            report = reconcile(
+                conn, client, table, schema, collection, state_schema=project.tables.schema_
+            )
         return dg.AssetCheckResult(
             passed=report.ok,
             severity=dg.AssetCheckSeverity.ERROR,

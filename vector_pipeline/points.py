@@ -1,0 +1,242 @@
+"""The point layout: how a row becomes a point, and how a point leads back to its row.
+
+One owner for every fact that ties PostgreSQL rows to Qdrant points, so the upsert, the delete
+and truncate drains, claims, skips, reconcile and repair cannot drift apart:
+
+- **Key text.** Every row has one canonical text for its primary key, computed by PostgreSQL
+  (never by Python's `str()` of a driver value, which differs for numeric, timestamps and the
+  like): a single-column key is the column's text output, `key::text`; a composite key is a
+  JSON array of its columns' text outputs in key order, as PostgreSQL prints jsonb, e.g.
+  `["eu", "42"]`. Output that depends on session settings (time zones, date styles, float
+  digits) is pinned by `KEY_SETTINGS`, which every connection of ours and every trigger of ours
+  runs under: a timestamptz key is always printed in UTC, e.g. `2024-05-01 09:30:00+00`.
+  For integer, text and uuid keys this is exactly what the reference design hashed (`str()` of
+  the value), so existing deployments keep their point ids.
+- **Point id.** The reference design's formula, `uuid(md5(f"{data_type}_{key_text}_{collection}"))`.
+- **Payload.** Agno's hybrid layout (`name`, `meta_data`, `content`, `content_hash`, `usage`,
+  `content_id`); `meta_data.table` and `meta_data.row_id` lead back to the row. `row_id` is the
+  key text, or the integer itself for a single integer column (as the reference stored it).
+- **Filters and scrolling** over one table's points.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from qdrant_client import QdrantClient, models
+
+# Session settings under which a key's text output is the same whoever computes it: our own
+# connections set them (`apply_key_settings`) and our trigger functions declare them, so a
+# writer in Asia/Tokyo and a sync in UTC agree on a timestamptz key's text.
+KEY_SETTINGS: tuple[tuple[str, str], ...] = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+)
+
+# Types whose key text is the integer itself; the payload stores such keys as JSON numbers.
+_INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+
+
+def apply_key_settings(conn: psycopg.Connection) -> None:
+    """Pin the session settings key texts depend on (see `KEY_SETTINGS`) on `conn`."""
+    for name, value in KEY_SETTINGS:
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def key_settings_clause() -> sql.Composable:
+    """`SET name = value ...` for a function definition: the trigger functions that compute
+    key texts run under `KEY_SETTINGS` whatever the writing session has set."""
+    return sql.SQL(" ").join(
+        sql.SQL("SET {} = {}").format(sql.Identifier(name.lower()), sql.Literal(value))
+        for name, value in KEY_SETTINGS
+    )
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """A table's primary key: its columns and their SQL types (as `format_type` prints them)."""
+
+    columns: tuple[str, ...]
+    types: tuple[str, ...]
+
+    @property
+    def composite(self) -> bool:
+        return len(self.columns) > 1
+
+    @property
+    def integer(self) -> bool:
+        """A single integer column: its key text is the integer's decimal form."""
+        return not self.composite and self.types[0] in _INTEGER_TYPES
+
+    def text(self, alias: str) -> sql.Composable:
+        """The canonical key text of row `alias` (see the module docstring)."""
+        parts = [
+            sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(c))
+            for c in self.columns
+        ]
+        if not self.composite:
+            return parts[0]
+        return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(parts))
+
+    def typed(self, key_text: sql.Composable) -> list[sql.Composable]:
+        """The key's column values, of the columns' own types, parsed from a key text."""
+        if not self.composite:
+            return [sql.SQL("({})::{}").format(key_text, sql.SQL(self.types[0]))]
+        return [
+            sql.SQL("(({})::jsonb ->> {})::{}").format(key_text, sql.Literal(i), sql.SQL(type_))
+            for i, type_ in enumerate(self.types)
+        ]
+
+    def columns_of(self, alias: str) -> sql.Composable:
+        """`alias.c1, alias.c2`: the key columns, for ORDER BY and row comparisons."""
+        return sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in self.columns
+        )
+
+    def match(self, alias: str, key_text: sql.Composable) -> sql.Composable:
+        """True for the row `alias` whose key text is `key_text`; compares the key columns
+        with typed values, so the primary-key index serves it."""
+        return sql.SQL("({}) = ({})").format(
+            self.columns_of(alias), sql.SQL(", ").join(self.typed(key_text))
+        )
+
+    def after(self, alias: str, key_text: sql.Composable) -> sql.Composable:
+        """True for rows whose key sorts after the key whose text is `key_text` (keyset
+        pagination); a row comparison on the key columns, so the index serves it."""
+        return sql.SQL("({}) > ({})").format(
+            self.columns_of(alias), sql.SQL(", ").join(self.typed(key_text))
+        )
+
+    def row_id(self, key_text: str) -> str | int:
+        """The payload's `meta_data.row_id`: the key text, or the integer of an integer key."""
+        return int(key_text) if self.integer else key_text
+
+
+def key_text_of_row_id(row_id: Any) -> str | None:
+    """The key text a payload's `meta_data.row_id` stands for (None: not one we wrote)."""
+    if isinstance(row_id, bool):
+        return None
+    if isinstance(row_id, int):
+        return str(row_id)
+    if isinstance(row_id, str):
+        return row_id
+    return None
+
+
+def point_id(data_type: str, key_text: str, collection: str) -> str:
+    """The reference design's deterministic id: a re-run overwrites instead of duplicating."""
+    digest = hashlib.md5(f"{data_type}_{key_text}_{collection}".encode()).hexdigest()
+    return str(uuid.UUID(digest))
+
+
+def content_hash(text: str) -> str:
+    """md5 of the embedded text: what `payload.content_hash` holds and reconcile compares."""
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """Payload values as JSON types Qdrant accepts."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def point_payload(
+    *,
+    table: str,
+    data_type: str,
+    row_id: str | int,
+    key_text: str,
+    name: Any,
+    text: str,
+    truncated: bool,
+    payload_values: dict[str, Any],
+) -> dict[str, Any]:
+    """The payload of a row's point (Agno's hybrid layout plus `meta_data` for the row)."""
+    meta = {
+        "table": table,
+        "data_type": data_type,
+        "row_id": row_id,
+        # The model read only a prefix of `content`; readers can tell.
+        "truncated": truncated,
+        **{column: json_safe(value) for column, value in payload_values.items()},
+    }
+    return {
+        "name": str(name) if name is not None else f"{data_type}_{key_text}",
+        "meta_data": meta,
+        "content": text,
+        "content_hash": content_hash(text),
+        # Agno's Document fields, kept so Agno-based readers load these points unchanged.
+        "usage": None,
+        "content_id": None,
+    }
+
+
+def table_filter(table: str) -> models.Filter:
+    """The points of one configured table (`meta_data.table`)."""
+    return models.Filter(
+        must=[models.FieldCondition(key="meta_data.table", match=models.MatchValue(value=table))]
+    )
+
+
+# Points per scroll page. Local mode filters and sorts every point for each page, so small
+# pages cost time quadratic in the collection; its points are all in this process's memory
+# anyway, so it reads big pages. A server gets pages small enough for one response.
+SCROLL_PAGE = 2000
+LOCAL_SCROLL_PAGE = 50_000
+
+
+def scroll_table_points(
+    qdrant: QdrantClient, collection: str, table: str, payload: Sequence[str] | bool
+) -> Iterator[list[models.Record]]:
+    """Every point of `table` in `collection`, a page at a time, with only `payload` fields
+    and never vectors."""
+    options = qdrant.init_options
+    local = bool(options.get("path")) or options.get("location") == ":memory:"
+    offset = None
+    while True:
+        page, offset = qdrant.scroll(
+            collection,
+            scroll_filter=table_filter(table),
+            limit=LOCAL_SCROLL_PAGE if local else SCROLL_PAGE,
+            offset=offset,
+            with_payload=list(payload) if not isinstance(payload, bool) else payload,
+            with_vectors=False,
+        )
+        if page:
+            yield page
+        if offset is None:
+            return
+
+
+def stored_hash(payload: dict[str, Any] | None) -> str | None:
+    """A point's `content_hash` if it is one we could have written (32 hex digits)."""
+    value = (payload or {}).get("content_hash")
+    if isinstance(value, str) and len(value) == 32:
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            return None
+        return value
+    return None
