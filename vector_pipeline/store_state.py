@@ -9,13 +9,14 @@ a record in two places, written together:
 - PostgreSQL: `vector_pipeline_store` (table_name, collection, token, generation);
 - Qdrant: the collection's metadata key `vector_pipeline.<table>` = {token, generation}.
 
-The token is drawn when the record is (re)started; the generation advances after every sync
-that changed the table's points. A sync compares the two before it reads a row. If they differ
-(a new collection has no record; a restored snapshot has an older generation; another
-environment's copy has another token), every mark of the table for that collection is void:
-the marks are removed, points whose rows are gone are deleted, and a new record is started.
-Nothing is paid twice for it: the sync marks a pending row without embedding it when the point
-under its id already holds its current text (`content_hash`).
+The token is drawn when the record is (re)started; the generation advances when a sync starts
+(before it writes anything) and again when it ends, if it changed points. A sync compares the
+two before it reads a row. If they differ (a new collection has no record; a snapshot restored
+from before a sync, even one that crashed, has an older generation; another environment's copy
+has another token), every mark of the table for that collection is void: the marks are
+removed, points whose rows are gone are deleted, and a new record is started. Nothing is paid
+twice for it: the sync marks a pending row without embedding it when the point under its id
+already holds its current text (`content_hash`).
 
 Order of writes. Advancing updates the PostgreSQL row (locked, uncommitted), then Qdrant, then
 commits; starting writes Qdrant first. A crash in between leaves the two different, which only
@@ -105,8 +106,9 @@ class StoreState:
         return record
 
     def advance(self) -> None:
-        """Count one more sync that changed points: PostgreSQL's row is locked and updated,
-        Qdrant is written, then PostgreSQL commits (concurrent workers take turns here)."""
+        """Move to the next generation (a sync starts, or ended having changed points):
+        PostgreSQL's row is locked and updated, Qdrant is written, then PostgreSQL commits
+        (concurrent workers take turns here)."""
         with self.conn.transaction():
             row = self.conn.execute(
                 sql.SQL(

@@ -290,6 +290,9 @@ def sync_table(
     # Shared: any number of workers sync this table into this collection together, sharing
     # the rows through claims; `repair` takes the lock exclusively and waits for them.
     with collection_lock(conn, schema, table, collection, log, shared=True):
+        # Before anything is written: a snapshot taken before this sync, restored after it
+        # crashed, shows an older generation than PostgreSQL's (store_state.py).
+        store.advance()
         _drain(source, qdrant, state_schema, collection, collections, log, result)
         failpoint("after_drain")
         try:
@@ -314,7 +317,7 @@ def sync_table(
         # Rows deleted while this sync ran: their points go now, not at the next sync.
         _drain(source, qdrant, state_schema, collection, collections, log, result)
         if result.embedded or result.skipped or result.deleted or result.adopted:
-            store.advance()
+            store.advance()  # and after: a snapshot taken while it wrote is older too
 
     failpoint("before_final_count")
     counts = source.counts(collection)

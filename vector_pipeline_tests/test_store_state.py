@@ -7,12 +7,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from psycopg import sql
 
 from vector_pipeline.aliases import serving
+from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.status import sync_status
+from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import sync_model
 
@@ -102,3 +105,52 @@ def test_rows_restored_with_marks_are_not_trusted_but_not_paid_twice(project, co
     result = sync_model(project, conn, qdrant)
     assert (result.embedded, result.adopted, result.tokens) == (0, 120, 0)
     _exact(project, conn, qdrant)
+
+
+class _DiesOnSecondBatch:
+    """The project's embedder until its second batch, which raises: a sync that crashes after
+    writing and marking one batch."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    def embed_documents(self, texts):
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("the worker died")
+        return self.inner.embed_documents(texts)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_snapshot_from_before_a_crashed_sync_is_noticed(project, conn, schema, tmp_path):
+    folder, backup = tmp_path / "qdrant", tmp_path / "snapshot"
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        assert sync_model(project, conn, qdrant).embedded == 120
+    shutil.copytree(folder, backup)
+
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("UPDATE {} SET body = 'second edition' WHERE id <= 60").format(doc))
+    key, model = project.embeddings.model()
+    dying = _DiesOnSecondBatch(build_embedder(key, model))
+    with (
+        open_qdrant(QdrantLocation(path=str(folder))) as qdrant,
+        pytest.raises(RuntimeError, match="the worker died"),
+    ):
+        sync_configured_table(
+            conn=conn,
+            qdrant=qdrant,
+            embedder=dying,
+            project=project,
+            table=project.tables.tables[0],
+            batch_size=30,
+        )
+    # Rows 1-30 were marked with their new text before the crash; the snapshot predates them.
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        result = sync_model(project, conn, qdrant)
+        assert result.marks_voided == 90
+        assert (result.embedded, result.adopted) == (60, 60)
+        _exact(project, conn, qdrant)
