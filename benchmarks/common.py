@@ -285,9 +285,9 @@ class Target:
 
 
 def trust_generated_marks(conn: Any, qdrant: Any, target: Target) -> None:
-    """Tables generated "as after a full sync" carry marks without points, and a worker's own
-    in-memory store stands in for one shared server: record `qdrant` as the store those marks
-    were made in (store_state.py), as a real sync would have, so the engine trusts them."""
+    """Tables generated "as after a full sync" carry marks without points: record `qdrant` as
+    the store those marks were made in (store_state.py), as that sync would have, so the engine
+    trusts them instead of voiding them."""
     ensure_collection(qdrant, target.collection, target.model.dimensions)
     vouch_for(conn, qdrant, target.project.tables.schema_, target.table.name, target.collection)
 

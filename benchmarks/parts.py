@@ -939,10 +939,6 @@ def _run_workers(
     ws: Workspace, target: Target, n: int, batch: int
 ) -> tuple[float, list[dict[str, Any]]]:
     """Start `n` worker processes, release them at once, and time until the last finishes."""
-    # One store record for the workers to share (each copies it into its own store), made
-    # before any of them starts, so none of them draws a record of its own.
-    with qdrant_store("memory", ws.tmp / "unused") as qdrant:
-        trust_generated_marks(ws.conn, qdrant, target)
     command = [
         sys.executable,
         "-m",

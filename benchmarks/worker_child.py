@@ -17,7 +17,7 @@ import warnings
 
 from qdrant_client import QdrantClient
 
-from benchmarks.common import Target, quiet_engine_logs, trust_generated_marks
+from benchmarks.common import quiet_engine_logs
 from vector_pipeline import sync as engine
 from vector_pipeline.config import load_config
 from vector_pipeline.embedders import build_embedder
@@ -40,8 +40,6 @@ def main() -> None:
     embedder = build_embedder(key, model)
     qdrant = QdrantClient(location=":memory:")
     with connect(args.database_url) as conn:
-        # Each worker's own in-memory store stands in for one shared server.
-        trust_generated_marks(conn, qdrant, Target(project, key))
         print("ready", flush=True)
         sys.stdin.readline()
         started = time.time()
@@ -52,6 +50,9 @@ def main() -> None:
             project=project,
             table=table,
             batch_size=args.batch_size,
+            # Each worker's own in-memory store stands in for one shared server, so the store
+            # record (which one shared store would keep for all of them) is left out.
+            check_store=False,
         )
         finished = time.time()
     points = qdrant.count(result.collection, exact=True).count

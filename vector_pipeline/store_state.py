@@ -85,9 +85,22 @@ class StoreState:
         return Record(token, generation)
 
     def matches(self) -> bool:
-        """Whether the marks were made against this very store (see the module docstring)."""
-        recorded = self.recorded()
-        return recorded is not None and recorded == self.in_store()
+        """Whether the marks were made against this very store (see the module docstring).
+
+        PostgreSQL's record is read with a share lock held while Qdrant is read, so a
+        concurrent `advance` (which writes Qdrant while it holds the row) is seen whole or not
+        at all, never half: a worker starting beside another never mistakes it for a restore.
+        """
+        with self.conn.transaction():
+            row = self.conn.execute(
+                sql.SQL(
+                    "SELECT token, generation FROM {} WHERE table_name = %s AND collection = %s "
+                    "FOR SHARE"
+                ).format(self._relation),
+                (self.table_name, self.collection),
+            ).fetchone()
+            recorded = Record(str(row[0]), row[1]) if row else None
+            return recorded is not None and recorded == self.in_store()
 
     def start(self) -> Record:
         """A new record, in Qdrant first, then PostgreSQL (after the marks were voided)."""

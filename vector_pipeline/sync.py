@@ -266,6 +266,7 @@ def sync_table(
     on_batch: Callable[[BatchReport], None] | None = None,
     admit: Callable[[Sequence[str]], bool] | None = None,
     log: Logger | None = None,
+    check_store: bool = True,
 ) -> SyncResult:
     """Sync every pending row of `table` into the model's collection; see the module docstring.
 
@@ -273,6 +274,10 @@ def sync_table(
     table's other collections, which the drain of deleted rows also cleans. `admit`, given the
     texts of the next batch before they are sent, says whether the budget allows them; once it
     says no, the sync finishes the batches in flight and raises BudgetExceeded.
+
+    `check_store=False` skips the store record (store_state.py) altogether. Only for stand-ins:
+    worker processes that each hold their own local store in place of one shared server (the
+    scale-out test and benchmark), where one worker's record never reaches the others' stores.
     """
     log = log or logging.getLogger(__name__)
     started = time.perf_counter()
@@ -283,7 +288,7 @@ def sync_table(
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
     store = StoreState(conn, qdrant, state_schema, table.name, collection)
-    if not store.matches():
+    if check_store and not store.matches():
         with collection_lock(conn, schema, table, collection, log):
             if not store.matches():  # another worker may have just done it
                 result.marks_voided = void_marks(source, qdrant, store, log)
@@ -292,7 +297,8 @@ def sync_table(
     with collection_lock(conn, schema, table, collection, log, shared=True):
         # Before anything is written: a snapshot taken before this sync, restored after it
         # crashed, shows an older generation than PostgreSQL's (store_state.py).
-        store.advance()
+        if check_store:
+            store.advance()
         _drain(source, qdrant, state_schema, collection, collections, log, result)
         failpoint("after_drain")
         try:
@@ -316,7 +322,7 @@ def sync_table(
                 source.claims.release_all(collection)
         # Rows deleted while this sync ran: their points go now, not at the next sync.
         _drain(source, qdrant, state_schema, collection, collections, log, result)
-        if result.embedded or result.skipped or result.deleted or result.adopted:
+        if check_store and (result.embedded or result.skipped or result.deleted or result.adopted):
             store.advance()  # and after: a snapshot taken while it wrote is older too
 
     failpoint("before_final_count")
@@ -527,6 +533,7 @@ def sync_configured_table(
     on_batch: Callable[[BatchReport], None] | None = None,
     admit: Callable[[Sequence[str]], bool] | None = None,
     log: Logger | None = None,
+    check_store: bool = True,
 ) -> SyncResult:
     """`sync_table` with the schemas and the table's other collections taken from config;
     after a sync of the default model, the active alias moves to its collection once that is
@@ -543,6 +550,7 @@ def sync_configured_table(
         on_batch=on_batch,
         admit=admit,
         log=log,
+        check_store=check_store,
     )
     if embedder.model_key == project.embeddings.default:
         result.alias = project.tables.alias_for(table.collection_base)

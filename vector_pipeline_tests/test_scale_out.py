@@ -1,7 +1,9 @@
 """Scale-out: several workers sync one table into one collection, and no row is embedded twice.
 
-Each worker is a `vector-pipeline sync` process with its own local-mode Qdrant folder (a
-folder cannot be shared between processes; with a Qdrant server they would share one). The
+Each worker is a process running the engine's sync, as `vector-pipeline sync` does, with its
+own local-mode Qdrant folder (a folder cannot be shared between processes; with a Qdrant server
+they would share one). Separate folders are separate stores, so the workers leave out the store
+record (`check_store=False`), which one shared store would keep for all of them. The
 loopback API holds its first requests until every worker has one in flight, so the workers
 provably run together. Then the union of the stores holds every row exactly once, and the API
 saw every text exactly once. Claims left by dead workers are taken over; claims of live ones
@@ -21,8 +23,7 @@ from psycopg import sql
 
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
-from vector_pipeline.store_state import vouch_for
-from vector_pipeline.vector_store import ensure_collection, open_qdrant
+from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import (
     API_KEY_VARIABLE,
     api_project,
@@ -32,6 +33,24 @@ from vector_pipeline_tests.conftest import (
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
 WORKERS = 3
+# What `vector-pipeline sync` runs, with the store record left out (see the module docstring).
+WORKER = """
+from vector_pipeline import locations
+from vector_pipeline.config import load_config
+from vector_pipeline.embedders import build_embedder
+from vector_pipeline.source import connect
+from vector_pipeline.sync import sync_configured_table
+from vector_pipeline.vector_store import open_qdrant
+
+project = load_config()
+key, model = project.embeddings.model()
+embedder = build_embedder(key, model)
+with connect(locations.database_url()) as conn, open_qdrant(locations.qdrant_location()) as q:
+    for table in project.tables.tables:
+        sync_configured_table(conn=conn, qdrant=q, embedder=embedder, project=project,
+                              table=table, batch_size=10, check_store=False)
+embedder.close()
+"""
 ROWS = 600
 COLLECTION = "test_text-embedding-3-small_hybrid"
 
@@ -58,13 +77,12 @@ def test_workers_share_the_rows_and_embed_each_exactly_once(
         server.gate(WORKERS)
         config = api_project(conn, schema, tmp_path, server.url, max_concurrent_requests=1)
         stores = [str(tmp_path / f"qdrant-{n}") for n in range(WORKERS)]
-        seed_stores(conn, config, stores)
         env = {**os.environ, "DATABASE_URL": database_url}
         env["VECTOR_PIPELINE_CONFIG_DIR"] = str(config.config_dir)
         env.pop("QDRANT_URL", None)
         workers = [
             subprocess.Popen(
-                [sys.executable, "-m", "vector_pipeline.cli", "sync", "--batch-size", "10"],
+                [sys.executable, "-c", WORKER],
                 env={**env, "QDRANT_PATH": store},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -92,17 +110,6 @@ def test_workers_share_the_rows_and_embed_each_exactly_once(
     assert len(texts) == ROWS and max(texts.values()) == 1
     assert marked(conn, schema) == ROWS
     assert claims(conn, schema) == 0
-
-
-def seed_stores(conn: psycopg.Connection, config, stores: list[str]) -> None:
-    """Several local folders stand in for one Qdrant server: each gets the collection and the
-    same store record (store_state.py), as one server would show every worker. Without it,
-    each worker would rightly take the others' marks for marks made in another store."""
-    table = config.tables.tables[0]
-    for store in stores:
-        with open_qdrant(QdrantLocation(path=store)) as qdrant:
-            ensure_collection(qdrant, COLLECTION, 8)
-            vouch_for(conn, qdrant, config.tables.schema_, table.name, COLLECTION)
 
 
 def test_rows_claimed_by_a_dead_worker_are_taken_over(project, conn, schema, qdrant):
