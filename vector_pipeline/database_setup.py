@@ -15,7 +15,7 @@ from psycopg import sql
 
 from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
 from vector_pipeline.points import KeyLayout, key_settings_clause
-from vector_pipeline.store_state import create_store_table
+from vector_pipeline.store_state import STORE_TABLE, create_store_table
 
 EMBEDDED_IN = "embedded_in"
 RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
@@ -164,28 +164,27 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
     """
     tables = config.tables
     done: list[str] = []
+    layouts: dict[str, KeyLayout] = {}
     with conn.transaction():
         for table in tables.tables:
             schema = tables.schema_for(table)
             columns = check_table(conn, schema, table)
+            layouts[table.name] = key_layout(table, columns)
             done.extend(_ensure_embedded_in(conn, schema, table, columns))
         for schema in sorted({tables.schema_for(t) for t in tables.tables} | {tables.schema_}):
             _ensure_reset_function(conn, schema)
-        layouts = {
-            table.name: key_layout(table, check_table(conn, tables.schema_for(table), table))
-            for table in tables.tables
-        }
         for table in tables.tables:
             _ensure_reset_trigger(conn, tables.schema_for(table), table)
             done.append(
                 f"trigger on {tables.schema_for(table)}.{table.table} resets embedded_in when "
-                f"{', '.join(table.text_columns)} change"
+                f"{', '.join(dict.fromkeys((*table.text_columns, *table.primary_key)))} change"
             )
         if _ensure_session_table(conn, tables.schema_):
             done.append(f"created {tables.schema_}.{SESSION_TABLE}")
         if _ensure_state_tables(conn, tables.schema_):
             done.append(
-                f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE} and {CLAIM_TABLE}"
+                f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE}, {CLAIM_TABLE} and "
+                f"{STORE_TABLE}"
             )
         for table in tables.tables:
             _ensure_delete_triggers(

@@ -49,9 +49,16 @@ _INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
 
 
 def apply_key_settings(conn: psycopg.Connection) -> None:
-    """Pin the session settings key texts depend on (see `KEY_SETTINGS`) on `conn`."""
-    for name, value in KEY_SETTINGS:
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    """Pin the session settings key texts depend on (see `KEY_SETTINGS`) on `conn`, in one
+    round trip."""
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, false)").format(sql.Literal(n), sql.Literal(v))
+                for n, v in KEY_SETTINGS
+            )
+        )
+    )
 
 
 def key_settings_clause() -> sql.Composable:
