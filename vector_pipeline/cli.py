@@ -322,8 +322,13 @@ def plan(
     config = state.config
     for name in tables:
         config.tables.table(name)  # an unknown table is an error, not an empty plan
-    with _database() as conn:
-        entries = plan_sync(conn, config, list(models), list(tables), sample=sample)
+    busy = None
+    with _database() as conn, contextlib.ExitStack() as stack:
+        try:
+            qdrant = stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False))
+        except QdrantBusyError as exc:
+            qdrant, busy = None, str(exc)
+        entries = plan_sync(conn, config, list(models), list(tables), sample=sample, qdrant=qdrant)
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2))
         return
@@ -365,6 +370,15 @@ def plan(
             "~ : scaled from the first --sample pending rows, or an upper bound where the "
             "provider's tokenizer is not available offline"
         )
+    for e in entries:
+        if e.already_current:
+            click.echo(
+                f"{e.table} -> {e.collection}: {e.already_current:,} of the pending rows read "
+                "already have a point holding their text; they are marked without being sent "
+                "and are not counted above"
+            )
+    if busy:
+        click.echo(f"points not looked up: {busy} (a sync is running); every row is counted")
 
 
 def _print_table(header: tuple[str, ...], lines: list[tuple[str, ...]], numeric: range) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import psycopg
+from qdrant_client import QdrantClient
 
 from vector_pipeline.config import (
     DeterministicModel,
@@ -22,6 +23,7 @@ from vector_pipeline.config import (
     collection_name_for,
 )
 from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
+from vector_pipeline.points import current_keys
 from vector_pipeline.source import SourceTable
 
 DEFAULT_SAMPLE = 10_000
@@ -35,6 +37,9 @@ class PlanEntry:
     pending: int
     rows_read: int  # pending rows whose text was counted (at most the sample)
     no_text: int  # of those, rows that would be skipped (no text): never sent
+    # Of those, rows whose point already holds their text: marked without being sent (None:
+    # Qdrant not consulted, so every row with text is counted as sent).
+    already_current: int | None
     tokens: int  # estimated tokens for every pending row
     exact: bool  # every pending row was counted, with the provider's own tokenizer
     tokenizer: str
@@ -99,14 +104,20 @@ def price(model: EmbeddingModel) -> float | None:
     return 0.0 if isinstance(model, LocalModel | DeterministicModel) else None
 
 
+LOOKUP_BATCH = 1000  # point ids per Qdrant lookup
+
+
 def plan(
     conn: psycopg.Connection,
     config: ProjectConfig,
     models: Sequence[str] | None = None,
     tables: Sequence[str] | None = None,
     sample: int = DEFAULT_SAMPLE,
+    qdrant: QdrantClient | None = None,
 ) -> list[PlanEntry]:
-    """One entry per table and model (default: the default model)."""
+    """One entry per table and model (default: the default model). With `qdrant`, rows whose
+    point already holds their text are left out of the tokens and the cost, as the sync will
+    mark them without sending them (points.current_keys)."""
     keys = list(models) or [config.embeddings.default]
     entries: list[PlanEntry] = []
     for key in keys:
@@ -119,7 +130,17 @@ def plan(
             source = SourceTable.for_config(conn, config, table)
             pending = source.pending_count(collection)
             texts = source.pending_texts(collection, sample) if pending else []
-            wanted = [text for text in texts if text is not None]
+            with_text = {key: text for key, text in texts if text is not None}
+            current: set[str] = set()
+            if qdrant is not None:
+                for start in range(0, len(texts), LOOKUP_BATCH):
+                    chunk = {
+                        k: with_text[k]
+                        for k, _ in texts[start : start + LOOKUP_BATCH]
+                        if k in with_text
+                    }
+                    current |= current_keys(qdrant, table.data_type, collection, chunk)
+            wanted = [text for key, text in with_text.items() if key not in current]
             counted = capped_tokens(counter, model, wanted)
             everything = len(texts) >= pending
             tokens = counted if everything else round(counted * pending / max(len(texts), 1))
@@ -131,7 +152,8 @@ def plan(
                     collection=collection,
                     pending=pending,
                     rows_read=len(texts),
-                    no_text=len(texts) - len(wanted),
+                    no_text=len(texts) - len(with_text),
+                    already_current=len(current) if qdrant is not None else None,
                     tokens=tokens,
                     exact=everything and exact_tokenizer,
                     tokenizer=counter.name,

@@ -237,6 +237,26 @@ def scroll_table_points(
             return
 
 
+def current_keys(
+    qdrant: QdrantClient, data_type: str, collection: str, texts: dict[str, str]
+) -> set[str]:
+    """The key texts among `texts` (key text -> the text it would embed now) whose point in
+    `collection` already holds exactly that text (same `content_hash`): such a row needs a
+    mark, not an embedding."""
+    if not texts or not qdrant.collection_exists(collection):
+        return set()
+    ids = {point_id(data_type, key, collection): key for key in texts}
+    records = qdrant.retrieve(
+        collection, ids=list(ids), with_payload=["content_hash"], with_vectors=False
+    )
+    return {
+        key
+        for record in records
+        if (key := ids.get(str(record.id))) is not None
+        and stored_hash(record.payload) == content_hash(texts[key])
+    }
+
+
 def stored_hash(payload: dict[str, Any] | None) -> str | None:
     """A point's `content_hash` if it is one we could have written (32 hex digits)."""
     value = (payload or {}).get("content_hash")

@@ -278,23 +278,28 @@ class SourceTable:
             lacking, skipped = self._lacking_and_skipped(collection, steerable)
         return TableCounts(total=total, embedded=total - lacking, skipped=skipped)
 
-    def pending_texts(self, collection: str, limit: int) -> list[str | None]:
-        """The texts the first `limit` pending rows would embed (None: no text), read only.
+    def pending_texts(self, collection: str, limit: int) -> list[tuple[str, str | None]]:
+        """(key text, the text it would embed, or None: no text) of the first `limit` pending
+        rows, read only.
 
         For estimates (`plan`): no claim is taken and nothing is locked.
         """
-        query = sql.SQL("SELECT {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in self.config.text_columns),
+        query = sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
+            self.key.text("t"),
+            sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.text_columns
+            ),
             self._relation,
             self._waiting(collection),
             self.key.columns_of("t"),
         )
         columns = self.config.text_columns
-        texts: list[str | None] = []
+        texts: list[tuple[str, str | None]] = []
         with self.conn.cursor() as cursor:
-            for values in cursor.execute(query, (limit,)):
+            for key, *values in cursor.execute(query, (limit,)):
                 row = dict(zip(columns, values, strict=True))
-                texts.append(self.config.render_text(row) if self.config.has_text(row) else None)
+                text = self.config.render_text(row) if self.config.has_text(row) else None
+                texts.append((key, text))
         return texts
 
     def pending_count(self, collection: str) -> int:

@@ -61,12 +61,13 @@ class StoreState:
         self._relation = sql.Identifier(state_schema, STORE_TABLE)
         self._key = f"{METADATA_PREFIX}{table_name}"
 
-    def recorded(self) -> Record | None:
-        """What PostgreSQL recorded (None: nothing yet)."""
+    def recorded(self, *, for_share: bool = False) -> Record | None:
+        """What PostgreSQL recorded (None: nothing yet); `for_share` locks the row against
+        `advance` until the caller's transaction ends."""
         row = self.conn.execute(
             sql.SQL(
-                "SELECT token, generation FROM {} WHERE table_name = %s AND collection = %s"
-            ).format(self._relation),
+                "SELECT token, generation FROM {} WHERE table_name = %s AND collection = %s {}"
+            ).format(self._relation, sql.SQL("FOR SHARE" if for_share else "")),
             (self.table_name, self.collection),
         ).fetchone()
         return Record(str(row[0]), row[1]) if row else None
@@ -92,14 +93,7 @@ class StoreState:
         at all, never half: a worker starting beside another never mistakes it for a restore.
         """
         with self.conn.transaction():
-            row = self.conn.execute(
-                sql.SQL(
-                    "SELECT token, generation FROM {} WHERE table_name = %s AND collection = %s "
-                    "FOR SHARE"
-                ).format(self._relation),
-                (self.table_name, self.collection),
-            ).fetchone()
-            recorded = Record(str(row[0]), row[1]) if row else None
+            recorded = self.recorded(for_share=True)
             return recorded is not None and recorded == self.in_store()
 
     def start(self) -> Record:

@@ -29,13 +29,7 @@ from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_f
 from vector_pipeline.deletes import collection_lock, delete_points_of_gone_rows, drain_tombstones
 from vector_pipeline.embedders import Embedder
 from vector_pipeline.failpoints import failpoint
-from vector_pipeline.points import (
-    content_hash,
-    point_id,
-    point_payload,
-    scroll_table_points,
-    stored_hash,
-)
+from vector_pipeline.points import current_keys, point_id, point_payload, scroll_table_points
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import Bm25
 from vector_pipeline.store_state import StoreState
@@ -189,27 +183,13 @@ def embed_batch(
 def current_points(
     qdrant: QdrantClient, table: TableConfig, collection: str, rows: Sequence[SourceRow]
 ) -> frozenset[str]:
-    """Keys of `rows` whose point already holds their current text (same `content_hash`).
+    """Keys of `rows` whose point already holds their current text (points.current_keys).
 
     Such a row was embedded into this collection before and lost only its mark (a restore,
     a store check, a mark removed by hand): it is marked again without paying for it.
     """
-    ids = {
-        point_id(table.data_type, row.key, collection): row
-        for row in rows
-        if table.has_text(row.values)
-    }
-    if not ids:
-        return frozenset()
-    records = qdrant.retrieve(
-        collection, ids=list(ids), with_payload=["content_hash"], with_vectors=False
-    )
-    return frozenset(
-        row.key
-        for record in records
-        if (row := ids.get(str(record.id))) is not None
-        and stored_hash(record.payload) == content_hash(table.render_text(row.values))
-    )
+    texts = {row.key: table.render_text(row.values) for row in rows if table.has_text(row.values)}
+    return frozenset(current_keys(qdrant, table.data_type, collection, texts))
 
 
 def write_batch(

@@ -92,3 +92,30 @@ def test_plan_command_prints_tokens_and_cost_without_an_api_key(
 
     unknown = runner.invoke(main, [*base, "--table", "nope"])
     assert unknown.exit_code != 0 and "unknown table 'nope'" in unknown.output
+
+
+def test_the_plan_leaves_out_rows_whose_point_already_holds_their_text(
+    conn, schema, tmp_path, qdrant_path, monkeypatch
+):
+    """After marks are lost (a restore, a voided store), the plan shows what the sync will
+    really send: only the rows whose text changed."""
+    create_doc_table(conn, schema, 40)
+    monkeypatch.setenv(API_KEY_VARIABLE, "k")
+    doc = sql.Identifier(schema, "doc")
+    with FakeOpenAIServer(api_key="k", dimensions=8) as server:
+        config = priced_project(conn, schema, tmp_path, server.url)
+        with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
+            assert sync_model(config, conn, qdrant, "api").embedded == 40
+            conn.execute(sql.SQL("UPDATE {} SET embedded_in = '[]'").format(doc))
+            conn.execute(sql.SQL("UPDATE {} SET body = 'rewritten' WHERE id <= 3").format(doc))
+            (blind,) = plan(conn, config, ["api"])
+            (entry,) = plan(conn, config, ["api"], qdrant=qdrant)
+            sent_before = len(server.requests)
+            result = sync_model(config, conn, qdrant, "api")
+            sent = [text for request in server.requests[sent_before:] for text in request.inputs]
+
+    assert (blind.pending, blind.already_current) == (40, None)
+    assert (entry.pending, entry.already_current) == (40, 37)
+    assert (result.embedded, result.adopted) == (3, 37)
+    assert len(sent) == 3 and all("rewritten" in text for text in sent)
+    assert entry.tokens == result.tokens < blind.tokens
