@@ -182,6 +182,17 @@ def _sync_with_progress(
         f"{result.seconds:.1f} s; skipped {result.skipped}, truncated {result.truncated}, "
         f"still pending {result.pending_after} of {result.total_rows}"
         + (f"; removed {result.deleted} deleted rows" if result.deleted else "")
+        + (
+            f"; {result.adopted} already held their text (marked, not embedded)"
+            if result.adopted
+            else ""
+        )
+        + (
+            f"; {result.marks_voided} marks voided: the collection is not the store they were "
+            "made in"
+            if result.marks_voided
+            else ""
+        )
     )
 
 
@@ -236,6 +247,11 @@ def repair(
                     click.echo(
                         f"{table.name}: {fixed.marked_pending} rows made pending, "
                         f"{fixed.orphans_deleted} orphan points deleted"
+                        + (
+                            f", {fixed.orphans_kept} kept (their row exists again)"
+                            if fixed.orphans_kept
+                            else ""
+                        )
                     )
                     _sync_with_progress(config, table, embedder, conn, qdrant, batch_size)
     finally:

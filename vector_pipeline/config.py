@@ -331,6 +331,23 @@ class TablesConfig(_Strict):
             )
         return value
 
+    def check_aliases(self, path: Path) -> None:
+        """Refuse two collection bases that would share one active alias: each base's syncs
+        would move it onto their own collection, which lacks the other base's rows."""
+        owner: dict[str, str] = {}
+        for table in self.tables:
+            alias = self.alias_for(table.collection_base)
+            if alias is None:
+                continue
+            other = owner.setdefault(alias, table.collection_base)
+            if other != table.collection_base:
+                raise ConfigError(
+                    f"{path}: active_alias: collection bases {other!r} and "
+                    f"{table.collection_base!r} would share the alias {alias!r}, and each would "
+                    "point it at a collection without the other's rows; include "
+                    "{collection_base} in it, e.g. '{collection_base}_active'"
+                )
+
     def alias_for(self, collection_base: str) -> str | None:
         """The active alias of tables with `collection_base`, if aliases are on."""
         if self.active_alias is None:
@@ -569,6 +586,7 @@ def load_config(config_dir: Path | str | None = None) -> ProjectConfig:
         config_dir=directory,
     )
     config.check_point_ids()
+    config.tables.check_aliases(directory / TABLES_FILE)
     return config
 
 

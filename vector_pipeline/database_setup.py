@@ -116,6 +116,18 @@ def _check_key(
     columns: dict[str, ColumnInfo],
     where: str,
 ) -> None:
+    (kind,) = conn.execute(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s",
+        (schema, table.table),
+    ).fetchone()
+    if kind not in ("r", "p"):  # an ordinary or a partitioned table
+        what = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
+        raise SetupError(
+            f"{where}.table: {schema}.{table.table} is {what.get(kind, 'not a table')}; a sync "
+            "needs a table (its triggers see every change, its unique key names each point): "
+            "name the table the rows live in"
+        )
     key = ", ".join(table.primary_key)
     nullable = [name for name in table.primary_key if not columns[name].not_null]
     if nullable:
@@ -125,14 +137,15 @@ def _check_key(
             f"column(s), or make them NOT NULL (ALTER TABLE ... ALTER COLUMN ... SET NOT NULL)"
         )
     # A unique index on the key columns (or on some of them) makes the key unique; expression
-    # and partial indexes do not. Only the index's key columns count, not its INCLUDE columns.
+    # and partial indexes do not, nor one whose CONCURRENTLY build failed on duplicates (left
+    # invalid). Only the index's key columns count, not its INCLUDE columns.
     unique = conn.execute(
         """
         SELECT EXISTS (
             SELECT 1 FROM pg_index i
             JOIN pg_class c ON c.oid = i.indrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relname = %s AND i.indisunique
+            WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indisvalid
               AND i.indpred IS NULL AND i.indexprs IS NULL
               AND (SELECT array_agg(a.attname::text) FROM pg_attribute a
                    WHERE a.attrelid = i.indrelid
@@ -278,8 +291,8 @@ def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableCon
     watched = [
         sql.Identifier(name) for name in dict.fromkeys((*table.text_columns, *table.primary_key))
     ]
-    old = sql.SQL(", ").join(sql.SQL("OLD.{}::text").format(c) for c in watched)
-    new = sql.SQL(", ").join(sql.SQL("NEW.{}::text").format(c) for c in watched)
+    old = sql.SQL(", ").join(_as_printed("OLD", c) for c in watched)
+    new = sql.SQL(", ").join(_as_printed("NEW", c) for c in watched)
     conn.execute(
         sql.SQL(
             """
@@ -298,6 +311,13 @@ def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableCon
             function=sql.Identifier(schema, RESET_FUNCTION),
         )
     )
+
+
+def _as_printed(record: str, column: sql.Identifier) -> sql.Composable:
+    """`record.column` as its text, compared byte for byte: a change that equality would not
+    see still counts (numeric 1.50 -> 1.5, float 0 -> -0, 'Alice' -> 'ALICE' under a
+    case-insensitive collation), since texts and key texts are what get embedded and hashed."""
+    return sql.SQL('{}.{}::text COLLATE "C"').format(sql.SQL(record), column)
 
 
 def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
@@ -373,8 +393,7 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 row_key     text NOT NULL,
                 version     text NOT NULL,                  -- the text it was skipped for
                 reason      text NOT NULL,
-                skipped_at  timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (table_name, collection, row_key)
+                skipped_at  timestamptz NOT NULL DEFAULT now()
             );
             -- Unlogged: a claim only means something while its worker's session lives, and a
             -- server crash ends every session, so there is nothing to keep and no WAL to write.
@@ -384,15 +403,27 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 row_key       text NOT NULL,                -- the key text (points.py)
                 pid           integer NOT NULL,             -- the claiming session ...
                 backend_start timestamptz NOT NULL,         -- ... (pids are reused)
-                claimed_at    timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (table_name, collection, row_key)
+                claimed_at    timestamptz NOT NULL DEFAULT now()
             );
+            -- Unique by the key text's md5, not the text: a btree entry holds at most ~2.7 kB,
+            -- and a table's own key may be longer (its index may compress it). Tables made
+            -- before this had the text itself as primary key; that key is replaced.
+            CREATE UNIQUE INDEX IF NOT EXISTS {skip_key} ON {skips}
+                (table_name, collection, md5(row_key));
+            ALTER TABLE {skips} DROP CONSTRAINT IF EXISTS {skip_pkey};
+            CREATE UNIQUE INDEX IF NOT EXISTS {claim_key} ON {claims}
+                (table_name, collection, md5(row_key));
+            ALTER TABLE {claims} DROP CONSTRAINT IF EXISTS {claim_pkey};
             """
         ).format(
             claims=sql.Identifier(schema, CLAIM_TABLE),
             tombstones=sql.Identifier(schema, TOMBSTONE_TABLE),
             tombstone_index=sql.Identifier(f"{TOMBSTONE_TABLE}_table_idx"),
             skips=sql.Identifier(schema, SKIP_TABLE),
+            skip_key=sql.Identifier(f"{SKIP_TABLE}_key"),
+            skip_pkey=sql.Identifier(f"{SKIP_TABLE}_pkey"),
+            claim_key=sql.Identifier(f"{CLAIM_TABLE}_key"),
+            claim_pkey=sql.Identifier(f"{CLAIM_TABLE}_pkey"),
         )
     )
     create_store_table(conn, schema)
@@ -484,8 +515,8 @@ def _ensure_delete_triggers(
             name=sql.Literal(table.name),
             key_text=sql.Literal(layout.text("gone").as_string(conn)),
             key_columns=sql.SQL(", ").join(key_columns),
-            old_key=sql.SQL(", ").join(sql.SQL("OLD.{}").format(c) for c in key_columns),
-            new_key=sql.SQL(", ").join(sql.SQL("NEW.{}").format(c) for c in key_columns),
+            old_key=sql.SQL(", ").join(_as_printed("OLD", c) for c in key_columns),
+            new_key=sql.SQL(", ").join(_as_printed("NEW", c) for c in key_columns),
             embedded_in=sql.Identifier(EMBEDDED_IN),
         )
     )

@@ -25,6 +25,7 @@ from vector_pipeline.database_setup import TOMBSTONE_TABLE
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import key_text_of_row_id, point_id, scroll_table_points
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import StoreState
 from vector_pipeline.vector_store import delete_points
 
 PAGE = 1000  # tombstones per round
@@ -88,7 +89,12 @@ def drain_tombstones(
         ):
             continue  # `repair` is working on that collection; a later drain cleans it
         try:
-            _clean_collection(source, qdrant, tombstones, collection)
+            cleaned = _clean_collection(source, qdrant, tombstones, collection)
+            if cleaned and collection != own_collection:
+                # Points went from that collection too: a snapshot of it from before now
+                # holds them, so its store record moves on (store_state.py); the own
+                # collection's record moves on at the end of the sync.
+                StoreState(conn, qdrant, state_schema, table.name, collection).advance()
         finally:
             if collection != own_collection:
                 conn.execute("SELECT pg_advisory_unlock_shared(hashtext(%s))", (key,))
@@ -101,11 +107,13 @@ def drain_tombstones(
 
 def _clean_collection(
     source: SourceTable, qdrant: QdrantClient, tombstones: sql.Identifier, collection: str
-) -> None:
+) -> int:
+    """Apply the table's tombstones not yet applied to `collection`; return how many."""
     conn, table = source.conn, source.config
     marker = json.dumps([collection])
     exists = qdrant.collection_exists(collection)
     after = 0
+    applied = 0
     while True:
         # Tombstones written before key texts hold the key as JSON (`row_key`); for the
         # integer and text keys of those days its text is the key text.
@@ -118,7 +126,7 @@ def _clean_collection(
             (table.name, marker, after, PAGE),
         ).fetchall()
         if not page:
-            return
+            return applied
         after = page[-1][0]
         held: set[str] = set()
         if exists:
@@ -150,6 +158,7 @@ def _clean_collection(
             ),
             (marker, done),
         )
+        applied += len(done)
 
 
 def _delete_gone(

@@ -92,9 +92,11 @@ class KeyLayout:
             sql.SQL("{}.{}::text").format(sql.Identifier(alias), sql.Identifier(c))
             for c in self.columns
         ]
+        # Compared byte for byte wherever it is compared: under a column's case-insensitive
+        # collation 'Alice' and 'ALICE' would be one key, yet they hash two point ids.
         if not self.composite:
-            return parts[0]
-        return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(parts))
+            return sql.SQL('({}) COLLATE "C"').format(parts[0])
+        return sql.SQL('jsonb_build_array({})::text COLLATE "C"').format(sql.SQL(", ").join(parts))
 
     def typed(self, key_text: sql.Composable) -> list[sql.Composable]:
         """The key's column values, of the columns' own types, parsed from a key text."""

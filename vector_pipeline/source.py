@@ -130,8 +130,10 @@ class SourceTable:
         """
         return sql.SQL(
             "{pending} AND NOT EXISTS (SELECT 1 FROM {skips} AS s WHERE s.table_name = {name} "
-            "AND s.collection = {collection} AND s.row_key = {key_text} "
-            "AND s.version = {version})"
+            "AND s.collection = {collection} "
+            # In the skip index's collation, so the index serves it; then the text itself.
+            'AND md5(s.row_key) = md5({key_text}) COLLATE "default" '
+            "AND s.row_key = {key_text} AND s.version = {version})"
         ).format(
             pending=pending_condition(collection),
             skips=self._skips,
@@ -166,7 +168,8 @@ class SourceTable:
             ), claimed AS ({claim})
             SELECT {picked_columns}, picked.{version_name}, picked.{key_text},
                    claimed.row_key IS NOT NULL AS {mine}
-            FROM picked LEFT JOIN claimed ON claimed.row_key = picked.{key_text}
+            FROM picked LEFT JOIN claimed
+                ON claimed.row_key = picked.{key_text} COLLATE "C"
             ORDER BY {picked_order}
             """
         parts = {
@@ -373,7 +376,8 @@ class SourceTable:
             cursor.executemany(
                 sql.SQL(
                     "INSERT INTO {} (table_name, collection, row_key, version, reason) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (table_name, collection, row_key) "
+                    "VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (table_name, collection, md5(row_key)) "
                     "DO UPDATE SET version = EXCLUDED.version, reason = EXCLUDED.reason, "
                     "skipped_at = now()"
                 ).format(self._skips),
@@ -393,17 +397,23 @@ class SourceTable:
         return self.conn.execute(query, (self.config.name, collection, collection)).fetchall()
 
     def existing_keys(self, keys: Sequence[str]) -> set[str]:
-        """Which of the key texts `keys` are rows of the table now.
+        """Which of the key texts `keys` are rows of the table now, with exactly that text.
 
         A text that is no valid key of the table (a payload written by something else) names
         no row; it is looked up alone so it cannot hide the others.
         """
         if not keys:
             return set()
+        # The row must have exactly that key text, not just an equal key: after `1.50` became
+        # `1.5` (equal as numeric) the point hashed from '1.50' belongs to no row.
         query = sql.SQL(
             "SELECT v.k FROM unnest(%s::text[]) AS v(k) WHERE EXISTS "
-            "(SELECT 1 FROM {relation} AS t WHERE {match})"
-        ).format(relation=self._relation, match=self.key.match("t", sql.SQL("v.k")))
+            "(SELECT 1 FROM {relation} AS t WHERE {match} AND {key_text} = v.k)"
+        ).format(
+            relation=self._relation,
+            match=self.key.match("t", sql.SQL("v.k")),
+            key_text=self.key.text("t"),
+        )
         try:
             with self.conn.transaction():
                 return {row[0] for row in self.conn.execute(query, (list(keys),))}

@@ -115,8 +115,9 @@ class StoreState:
     def advance(self) -> None:
         """Move to the next generation (a sync starts, or ended having changed points):
         PostgreSQL's row is locked and updated, Qdrant is written, then PostgreSQL commits
-        (concurrent workers take turns here)."""
-        with self.conn.transaction():
+        (concurrent workers take turns here). A store that does not match is left as it is:
+        copying the record into it would make it look vouched for."""
+        with self.conn.transaction() as transaction:
             row = self.conn.execute(
                 sql.SQL(
                     "UPDATE {} SET generation = generation + 1, updated_at = now() "
@@ -124,8 +125,11 @@ class StoreState:
                 ).format(self._relation),
                 (self.table_name, self.collection),
             ).fetchone()
-            if row is not None:
-                self._write_store(Record(str(row[0]), row[1]))
+            if row is None:
+                return
+            if self.in_store() != Record(str(row[0]), row[1] - 1):
+                raise psycopg.Rollback(transaction)
+            self._write_store(Record(str(row[0]), row[1]))
 
     def _write_store(self, record: Record) -> None:
         self.qdrant.update_collection(

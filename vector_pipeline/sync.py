@@ -315,7 +315,8 @@ def sync_table(
 
 def void_marks(source: SourceTable, qdrant: QdrantClient, store: StoreState, log: Logger) -> int:
     """The store is not the one the marks were made in (store_state.py): remove every mark
-    of the table for the collection, delete points whose rows are gone, start a new record.
+    of the table for the collection, delete the points of rows that are gone or skipped (a
+    restored snapshot may hold the text a row had before it lost it), start a new record.
 
     The caller holds the collection lock exclusively. Rows whose point still holds their text
     are marked again by the sync that follows, without embedding.
@@ -325,6 +326,8 @@ def void_marks(source: SourceTable, qdrant: QdrantClient, store: StoreState, log
     voided = source.void_marks(collection)
     for points in scroll_table_points(qdrant, collection, table.name, ["meta_data.row_id"]):
         delete_points_of_gone_rows(source, qdrant, collection, points)
+    skipped = [key for _, key, _, _ in source.skipped_rows(collection)]
+    delete_points(qdrant, collection, [point_id(table.data_type, k, collection) for k in skipped])
     store.start()
     if recorded is None and not voided:
         return 0  # the table's first sync into this collection: nothing to distrust

@@ -398,3 +398,168 @@ def test_sync_and_delete_agree_on_numeric_keys_in_the_issue(tmp_path, schema, co
     conn.execute(sql.SQL("TRUNCATE {}").format(doc))
     sync_model(project, conn, qdrant)
     assert qdrant.count(COLLECTION, exact=True).count == 0
+
+
+# --- keys that are equal but print differently ----------------------------------------------
+
+
+def _one_key_project(tmp_path, schema, conn, column: str) -> ProjectConfig:
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, title text)").format(
+            sql.Identifier(schema, "doc"), sql.SQL(column)
+        )
+    )
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        "    text_template: '{title}'\n"
+    )
+    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    setup_database(conn, config)
+    return config
+
+
+def _case_insensitive_collation(conn: psycopg.Connection, schema: str) -> str:
+    """An ICU collation under which 'Alice' = 'ALICE'; returns its quoted name."""
+    name = sql.Identifier(schema, "ci")
+    conn.execute(
+        sql.SQL(
+            "CREATE COLLATION {} (provider = icu, locale = 'und-u-ks-level2', "
+            "deterministic = false)"
+        ).format(name)
+    )
+    return name.as_string(conn)
+
+
+def _exact_points(project, conn, qdrant, schema, expected: set[str]) -> None:
+    report = reconcile(conn, qdrant, project.tables.tables[0], schema, COLLECTION)
+    assert (report.missing_count, report.stale_count, report.orphan_count) == (0, 0, 0)
+    points, _ = qdrant.scroll(COLLECTION, limit=100)
+    assert {str(p.id) for p in points} == {point_id("DOC", k, COLLECTION) for k in expected}
+
+
+@pytest.mark.parametrize(
+    ("column", "first", "second", "texts"),
+    [
+        ("numeric", "1.50", "1.5", ("1.50", "1.5")),
+        ("double precision", "0", "-0", ("0", "-0")),
+        ("text COLLATE {ci}", "Alice", "ALICE", ("Alice", "ALICE")),
+    ],
+    ids=["numeric-scale", "negative-zero", "case-insensitive-collation"],
+)
+def test_a_key_that_stays_equal_but_prints_differently_is_a_new_key(
+    column, first, second, texts, tmp_path, schema, conn, qdrant
+):
+    """Point ids hash the key's text: `1.50` and `1.5` are equal numerics and two points."""
+    if "{ci}" in column:
+        column = column.replace("{ci}", _case_insensitive_collation(conn, schema))
+    project = _one_key_project(tmp_path, schema, conn, column)
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 'x'), ('7', 'y')").format(doc), (first,))
+    sync_model(project, conn, qdrant)
+    _exact_points(project, conn, qdrant, schema, {texts[0], "7"})
+
+    conn.execute(sql.SQL("UPDATE {} SET id = %s WHERE id = %s").format(doc), (second, first))
+    sync_model(project, conn, qdrant)
+    _exact_points(project, conn, qdrant, schema, {texts[1], "7"})
+
+    # Deleted and inserted again with the other spelling, between two syncs.
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(doc), (second,))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, 'x')").format(doc), (first,))
+    sync_model(project, conn, qdrant)
+    _exact_points(project, conn, qdrant, schema, {texts[0], "7"})
+
+
+def test_a_text_change_only_a_collation_calls_equal_is_seen(tmp_path, schema, conn, qdrant):
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, title text COLLATE {})").format(
+            sql.Identifier(schema, "doc"), sql.SQL(_case_insensitive_collation(conn, schema))
+        )
+    )
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        "    text_template: '{title}'\n"
+    )
+    project = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    setup_database(conn, project)
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'hadith of intention')").format(doc))
+    sync_model(project, conn, qdrant)
+    conn.execute(sql.SQL("UPDATE {} SET title = 'HADITH OF INTENTION'").format(doc))
+    assert sync_model(project, conn, qdrant).embedded == 1
+    (point,) = qdrant.retrieve(COLLECTION, [point_id("DOC", "1", COLLECTION)], with_payload=True)
+    assert point.payload["content"] == "HADITH OF INTENTION"
+
+
+def test_a_key_longer_than_a_btree_entry_neither_blocks_nor_sticks(tmp_path, schema, conn, qdrant):
+    """A text key of 2,640 bytes fits the table's own index but not an index entry that adds
+    the table and collection names: it is claimed, skipped, deleted and drained like any other."""
+    project = _one_key_project(tmp_path, schema, conn, "text")
+    doc = sql.Identifier(schema, "doc")
+    long_key = "".join(f"{i:04x}" for i in range(660))  # 2,640 characters
+    conn.execute(
+        sql.SQL("INSERT INTO {} VALUES (%s, 'long'), ('short', 's')").format(doc), (long_key,)
+    )
+    assert sync_model(project, conn, qdrant).embedded == 2
+    _exact_points(project, conn, qdrant, schema, {long_key, "short"})
+    conn.execute(sql.SQL("UPDATE {} SET title = NULL WHERE id = %s").format(doc), (long_key,))
+    assert sync_model(project, conn, qdrant).skipped == 1  # the skip table holds it too
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(doc), (long_key,))
+    assert sync_model(project, conn, qdrant).deleted == 1
+    _exact_points(project, conn, qdrant, schema, {"short"})
+
+
+def test_a_unique_index_left_invalid_is_no_key(tmp_path, schema, conn):
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int NOT NULL, title text)").format(
+            sql.Identifier(schema, "doc")
+        )
+    )
+    conn.execute(
+        sql.SQL("INSERT INTO {} VALUES (1, 'a'), (1, 'b')").format(sql.Identifier(schema, "doc"))
+    )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY doc_id ON {} (id)").format(
+                sql.Identifier(schema, "doc")
+            )
+        )
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        "    text_template: '{title}'\n"
+    )
+    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    with pytest.raises(SetupError, match="is not a unique key"):
+        setup_database(conn, config)
+
+
+def test_a_view_is_named_as_a_view(tmp_path, schema, conn):
+    conn.execute(
+        sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, title text)").format(
+            sql.Identifier(schema, "base")
+        )
+    )
+    conn.execute(
+        sql.SQL("CREATE VIEW {} AS SELECT * FROM {}").format(
+            sql.Identifier(schema, "doc"), sql.Identifier(schema, "base")
+        )
+    )
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        "    text_template: '{title}'\n"
+    )
+    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    with pytest.raises(SetupError) as refused:
+        setup_database(conn, config)
+    assert f"tables.doc.table: {schema}.doc is a view" in str(refused.value)
+
+
+def test_two_bases_sharing_one_alias_are_refused(tmp_path, schema):
+    tables = (
+        f"schema: {schema}\ncollection_base: test\nactive_alias: readers\ntables:\n"
+        "  one:\n    data_type: ONE\n    collection_base: one\n    text_template: '{title}'\n"
+        "  two:\n    data_type: TWO\n    collection_base: two\n    text_template: '{title}'\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(write_config(tmp_path / "c", schema, tables=tables))
+    assert "tables.yaml: active_alias" in str(refused.value)
+    assert "would share the alias 'readers'" in str(refused.value)

@@ -13,6 +13,7 @@ from psycopg import sql
 from vector_pipeline.aliases import serving
 from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.status import sync_status
 from vector_pipeline.sync import sync_configured_table
@@ -154,3 +155,45 @@ def test_a_snapshot_from_before_a_crashed_sync_is_noticed(project, conn, schema,
         assert result.marks_voided == 90
         assert (result.embedded, result.adopted) == (60, 60)
         _exact(project, conn, qdrant)
+
+
+def test_a_restore_never_brings_back_the_text_a_row_lost(project, conn, schema, tmp_path):
+    """Row 1's text was erased after the snapshot (skipped, its point deleted); the restored
+    snapshot still holds the old point, which must go again."""
+    folder, backup = tmp_path / "qdrant", tmp_path / "snapshot"
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        sync_model(project, conn, qdrant)
+    shutil.copytree(folder, backup)
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("UPDATE {} SET title = NULL, body = NULL WHERE id = 1").format(doc))
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        assert sync_model(project, conn, qdrant).skipped == 1
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        sync_model(project, conn, qdrant)
+        assert qdrant.retrieve(COLLECTION, [point_id("DOC", "1", COLLECTION)]) == []
+        assert qdrant.count(COLLECTION, exact=True).count == 119
+
+
+def test_deletes_drained_from_another_models_collection_move_its_record_on(
+    project, conn, schema, tmp_path
+):
+    """A sync of det_a also removes deleted rows' points from det_b's collection; a snapshot of
+    det_b's collection from before that must not pass for current."""
+    other = "test_det-b_hybrid"
+    folder, backup = tmp_path / "qdrant", tmp_path / "snapshot"
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        sync_model(project, conn, qdrant, "det_a")
+        sync_model(project, conn, qdrant, "det_b")
+    shutil.copytree(folder, backup)
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 9").format(sql.Identifier(schema, "doc")))
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        assert sync_model(project, conn, qdrant, "det_a").deleted == 1  # from both collections
+    shutil.rmtree(folder)
+    shutil.copytree(backup, folder)
+    with open_qdrant(QdrantLocation(path=str(folder))) as qdrant:
+        result = sync_model(project, conn, qdrant, "det_b")
+        assert result.marks_voided == 119
+        report = reconcile(conn, qdrant, project.tables.tables[0], schema, other)
+        assert (report.orphan_count, report.points, report.rows) == (0, 119, 119)
