@@ -289,7 +289,7 @@ def trust_generated_marks(conn: Any, qdrant: Any, target: Target) -> None:
     the store those marks were made in (store_state.py), as that sync would have, so the engine
     trusts them instead of voiding them."""
     ensure_collection(qdrant, target.collection, target.model.dimensions)
-    vouch_for(conn, qdrant, target.project.tables.schema_, target.table.name, target.collection)
+    vouch_for(conn, qdrant, target.project.tables.schema_, target.table, target.collection)
 
 
 def text_pools() -> tuple[list[str], list[str]]:

@@ -55,7 +55,7 @@ def update_active_alias(
             continue
         if SourceTable.for_config(conn, project, table).has_pending(target):
             return current  # not complete yet: readers stay on what they have
-        if not StoreState(conn, qdrant, project.tables.schema_, table.name, target).matches():
+        if not StoreState(conn, qdrant, project.tables.schema_, table, target).matches():
             return current  # its marks were not made in this store: nothing vouches for them
     operations: list[models.AliasOperations] = []
     if current is not None:

@@ -302,6 +302,12 @@ def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
         ],
         numeric=range(3, 7),
     )
+    for table, problems in dict((r.table, r.trigger_problems) for r in rows).items():
+        if problems:
+            click.echo(
+                f"{table}: {'; '.join(problems)}: syncs refuse to run; run "
+                "`vector-pipeline init-db`"
+            )
     for r in rows:
         if r.verified is False and r.embedded:
             click.echo(

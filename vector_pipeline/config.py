@@ -7,6 +7,7 @@ file, the key and what to write instead.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import string
@@ -190,6 +191,9 @@ class EmbeddingsConfig(_Strict):
 
 
 DEFAULT_TEXT_TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
+# Bumped whenever `render_text` changes what it makes of the same values: every table's marks
+# are then re-checked once (rows whose text is unchanged keep their points, unpaid).
+RENDERING_VERSION = 1
 
 
 class TableConfig(_Strict):
@@ -248,6 +252,12 @@ class TableConfig(_Strict):
     def text_columns(self) -> tuple[str, ...]:
         """Columns whose change alters the embedded text, in template order."""
         return template_columns(self.text_template)
+
+    @property
+    def rendering(self) -> str:
+        """A fingerprint of how rows become texts: the template and the rendering rules'
+        version. Marks made under another rendering vouch for other texts (store_state.py)."""
+        return hashlib.md5(f"{RENDERING_VERSION}\0{self.text_template}".encode()).hexdigest()
 
     @property
     def row_columns(self) -> tuple[str, ...]:

@@ -14,24 +14,19 @@ import psycopg
 from psycopg import sql
 
 from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
-from vector_pipeline.points import KeyLayout, key_settings_clause
+from vector_pipeline.points import KeyLayout
 from vector_pipeline.store_state import STORE_TABLE, create_store_table
+from vector_pipeline.triggers import (
+    EMBEDDED_IN,
+    TOMBSTONE_TABLE,
+    ensure_functions,
+    ensure_triggers,
+    table_triggers,
+)
 
-EMBEDDED_IN = "embedded_in"
-RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
-RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
 SESSION_TABLE = "embedding_session"
-TOMBSTONE_TABLE = "vector_pipeline_tombstone"
 SKIP_TABLE = "vector_pipeline_skip"
 CLAIM_TABLE = "vector_pipeline_claim"
-DELETE_FUNCTION = "vector_pipeline_record_delete"
-DELETE_TRIGGER = "vector_pipeline_record_delete"
-TRUNCATE_FUNCTION = "vector_pipeline_record_truncate"
-TRUNCATE_TRIGGER = "vector_pipeline_record_truncate"
-KEY_CHANGE_FUNCTION = "vector_pipeline_record_key_change"
-KEY_CHANGE_TRIGGER = "vector_pipeline_record_key_change"
-INSERT_FUNCTION = "vector_pipeline_distrust_marks"
-INSERT_TRIGGER = "vector_pipeline_distrust_marks"
 
 
 def collection_marker(collection: str) -> sql.Composable:
@@ -184,14 +179,6 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
             columns = check_table(conn, schema, table)
             layouts[table.name] = key_layout(table, columns)
             done.extend(_ensure_embedded_in(conn, schema, table, columns))
-        for schema in sorted({tables.schema_for(t) for t in tables.tables} | {tables.schema_}):
-            _ensure_reset_function(conn, schema)
-        for table in tables.tables:
-            _ensure_reset_trigger(conn, tables.schema_for(table), table)
-            done.append(
-                f"trigger on {tables.schema_for(table)}.{table.table} resets embedded_in when "
-                f"{', '.join(dict.fromkeys((*table.text_columns, *table.primary_key)))} change"
-            )
         if _ensure_session_table(conn, tables.schema_):
             done.append(f"created {tables.schema_}.{SESSION_TABLE}")
         if _ensure_state_tables(conn, tables.schema_):
@@ -199,14 +186,13 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
                 f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE}, {CLAIM_TABLE} and "
                 f"{STORE_TABLE}"
             )
+        ensure_functions(conn, {tables.schema_for(t) for t in tables.tables}, tables.schema_)
         for table in tables.tables:
-            _ensure_delete_triggers(
-                conn, tables.schema_for(table), tables.schema_, table, layouts[table.name]
-            )
-            done.append(
-                f"triggers on {tables.schema_for(table)}.{table.table} record DELETE, TRUNCATE "
-                "and key changes, and clear marks that inserted rows bring along"
-            )
+            schema = tables.schema_for(table)
+            triggers = table_triggers(conn, schema, tables.schema_, table, layouts[table.name])
+            replaced = ensure_triggers(conn, schema, table, triggers)
+            if replaced:
+                done.append(f"triggers on {schema}.{table.table}: installed {', '.join(replaced)}")
     for table in tables.tables:
         for model in config.embeddings.models.values():
             collection = collection_name_for(table.collection_base, model.id)
@@ -266,113 +252,97 @@ def _ensure_embedded_in(
     return []
 
 
-def _ensure_reset_function(conn: psycopg.Connection, schema: str) -> None:
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                -- The embedded text changed: no collection holds it any more.
-                NEW.embedded_in := '[]'::jsonb;
-                RETURN NEW;
-            END
-            $$
-            """
-        ).format(sql.Identifier(schema, RESET_FUNCTION))
-    )
+# Everything below changes a table only when it lacks the change: ALTER TABLE, and CREATE INDEX
+# even with IF NOT EXISTS, lock the table before looking, and a lock request queued behind one
+# long transaction stalls every writer behind it. A re-run of init-db on a set-up database
+# takes no lock on anything.
 
 
-def _ensure_reset_trigger(conn: psycopg.Connection, schema: str, table: TableConfig) -> None:
-    # A trigger, not application code, so every writer (ORM, psql, bulk UPDATE) is covered.
-    # `UPDATE OF` limits it to statements naming a text or key column; WHEN to real changes.
-    # A new key is a new row as far as Qdrant knows (the old key's point goes through the
-    # key-change trigger's tombstone). Comparing the text forms works for every column type,
-    # including ones without an equality operator.
-    watched = [
-        sql.Identifier(name) for name in dict.fromkeys((*table.text_columns, *table.primary_key))
-    ]
-    old = sql.SQL(", ").join(_as_printed("OLD", c) for c in watched)
-    new = sql.SQL(", ").join(_as_printed("NEW", c) for c in watched)
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE OR REPLACE TRIGGER {trigger}
-            BEFORE UPDATE OF {columns} ON {table}
-            FOR EACH ROW
-            WHEN (ROW({old}) IS DISTINCT FROM ROW({new}))
-            EXECUTE FUNCTION {function}()
-            """
-        ).format(
-            trigger=sql.Identifier(RESET_TRIGGER),
-            columns=sql.SQL(", ").join(watched),
-            table=sql.Identifier(schema, table.table),
-            old=old,
-            new=new,
-            function=sql.Identifier(schema, RESET_FUNCTION),
-        )
-    )
+def _exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether the relation (table or index) `schema.name` exists."""
+    regclass = sql.Identifier(schema, name).as_string(conn)
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (regclass,)).fetchone()[0]
 
 
-def _as_printed(record: str, column: sql.Identifier) -> sql.Composable:
-    """`record.column` as its text, compared byte for byte: a change that equality would not
-    see still counts (numeric 1.50 -> 1.5, float 0 -> -0, 'Alice' -> 'ALICE' under a
-    case-insensitive collation), since texts and key texts are what get embedded and hashed."""
-    return sql.SQL('{}.{}::text COLLATE "C"').format(sql.SQL(record), column)
+def _primary_key(conn: psycopg.Connection, schema: str, table: str) -> str | None:
+    row = conn.execute(
+        "SELECT con.conname FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND con.contype = 'p'",
+        (schema, table),
+    ).fetchone()
+    return row[0] if row else None
+
+
+# Columns added to `embedding_session` after it was first released, with their definitions.
+_SESSION_COLUMNS = {
+    # Budgets: a session may cap the tokens, or the dollars, its run may spend; `tokens_used`
+    # is what its batches have reserved so far.
+    "token_budget": "bigint CHECK (token_budget > 0)",
+    "cost_budget": "numeric CHECK (cost_budget > 0)",
+    "tokens_used": "bigint NOT NULL DEFAULT 0",
+    # Unique per session, unlike ids (RESTART IDENTITY, several source databases on one
+    # Dagster instance): a Dagster run is tied to the token, not the id.
+    "run_token": "uuid NOT NULL DEFAULT gen_random_uuid()",
+}
 
 
 def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
-    exists = bool(table_columns(conn, schema, SESSION_TABLE))
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE TABLE IF NOT EXISTS {table} (
-                id              bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-                status          text NOT NULL DEFAULT 'PENDING'
-                                CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED')),
-                model           text,
-                tables          text[],
-                total_items     integer NOT NULL DEFAULT 0,
-                processed_items integer NOT NULL DEFAULT 0,
-                progress        integer NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
-                error_message   text,
-                created_at      timestamptz NOT NULL DEFAULT now(),
-                started_at      timestamptz,
-                finished_at     timestamptz,
-                run_id          text
+    table = sql.Identifier(schema, SESSION_TABLE)
+    existing = table_columns(conn, schema, SESSION_TABLE)
+    if not existing:
+        conn.execute(
+            sql.SQL(
+                """
+                CREATE TABLE IF NOT EXISTS {table} (
+                    id              bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                    status          text NOT NULL DEFAULT 'PENDING'
+                                    CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED',
+                                                      'FAILED')),
+                    model           text,
+                    tables          text[],
+                    total_items     integer NOT NULL DEFAULT 0,
+                    processed_items integer NOT NULL DEFAULT 0,
+                    progress        integer NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 100),
+                    error_message   text,
+                    created_at      timestamptz NOT NULL DEFAULT now(),
+                    started_at      timestamptz,
+                    finished_at     timestamptz,
+                    run_id          text
+                )
+                """
+            ).format(table=table)
+        )
+    missing = [name for name in _SESSION_COLUMNS if name not in existing]
+    if missing:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} {}").format(
+                table,
+                sql.SQL(", ").join(
+                    sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(
+                        sql.Identifier(name), sql.SQL(_SESSION_COLUMNS[name])
+                    )
+                    for name in missing
+                ),
             )
-            """
-        ).format(table=sql.Identifier(schema, SESSION_TABLE))
-    )
-    # Budgets (added to tables created before they existed): a session may cap the tokens, or
-    # the dollars, its run may spend; `tokens_used` is what its batches have reserved so far.
-    conn.execute(
-        sql.SQL(
-            """
-            ALTER TABLE {table}
-                ADD COLUMN IF NOT EXISTS token_budget bigint CHECK (token_budget > 0),
-                ADD COLUMN IF NOT EXISTS cost_budget numeric CHECK (cost_budget > 0),
-                ADD COLUMN IF NOT EXISTS tokens_used bigint NOT NULL DEFAULT 0,
-                -- Unique per session, unlike ids (RESTART IDENTITY, several source databases
-                -- on one Dagster instance): a Dagster run is tied to the token, not the id.
-                ADD COLUMN IF NOT EXISTS run_token uuid NOT NULL DEFAULT gen_random_uuid()
-            """
-        ).format(table=sql.Identifier(schema, SESSION_TABLE))
-    )
+        )
     # The launcher looks only for PENDING sessions: a partial index keeps that check cheap
     # however many finished sessions pile up.
-    conn.execute(
-        sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (id) WHERE status = 'PENDING'").format(
-            sql.Identifier(f"{SESSION_TABLE}_pending_idx"),
-            sql.Identifier(schema, SESSION_TABLE),
+    index = f"{SESSION_TABLE}_pending_idx"
+    if not _exists(conn, schema, index):
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (id) WHERE status = 'PENDING'").format(
+                sql.Identifier(index), table
+            )
         )
-    )
-    return not exists
+    return not existing
 
 
 def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
-    """The tombstones the sync drains (deletes), the rows it skipped (with why), and the rows
-    workers have claimed (see `claims.py`)."""
+    """The tombstones the sync drains (deletes), the rows it skipped (with why), the rows
+    workers have claimed (see `claims.py`) and the store records (see `store_state.py`)."""
     exists = bool(table_columns(conn, schema, CLAIM_TABLE))
+    tombstones = sql.Identifier(schema, TOMBSTONE_TABLE)
     conn.execute(
         sql.SQL(
             """
@@ -380,13 +350,11 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                 table_name  text NOT NULL,
                 row_key     jsonb,                          -- before key texts; unused
+                key_text    text,                           -- points.py; NULL for a TRUNCATE
                 truncated   boolean NOT NULL DEFAULT false,
                 cleaned     jsonb NOT NULL DEFAULT '[]',    -- collections already cleaned
                 deleted_at  timestamptz NOT NULL DEFAULT now()
             );
-            -- The deleted row's key text (see points.py); NULL for a TRUNCATE.
-            ALTER TABLE {tombstones} ADD COLUMN IF NOT EXISTS key_text text;
-            CREATE INDEX IF NOT EXISTS {tombstone_index} ON {tombstones} (table_name, id);
             CREATE TABLE IF NOT EXISTS {skips} (
                 table_name  text NOT NULL,
                 collection  text NOT NULL,
@@ -405,118 +373,42 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 backend_start timestamptz NOT NULL,         -- ... (pids are reused)
                 claimed_at    timestamptz NOT NULL DEFAULT now()
             );
-            -- Unique by the key text's md5, not the text: a btree entry holds at most ~2.7 kB,
-            -- and a table's own key may be longer (its index may compress it). Tables made
-            -- before this had the text itself as primary key; that key is replaced.
-            CREATE UNIQUE INDEX IF NOT EXISTS {skip_key} ON {skips}
-                (table_name, collection, md5(row_key));
-            ALTER TABLE {skips} DROP CONSTRAINT IF EXISTS {skip_pkey};
-            CREATE UNIQUE INDEX IF NOT EXISTS {claim_key} ON {claims}
-                (table_name, collection, md5(row_key));
-            ALTER TABLE {claims} DROP CONSTRAINT IF EXISTS {claim_pkey};
             """
         ).format(
-            claims=sql.Identifier(schema, CLAIM_TABLE),
-            tombstones=sql.Identifier(schema, TOMBSTONE_TABLE),
-            tombstone_index=sql.Identifier(f"{TOMBSTONE_TABLE}_table_idx"),
+            tombstones=tombstones,
             skips=sql.Identifier(schema, SKIP_TABLE),
-            skip_key=sql.Identifier(f"{SKIP_TABLE}_key"),
-            skip_pkey=sql.Identifier(f"{SKIP_TABLE}_pkey"),
-            claim_key=sql.Identifier(f"{CLAIM_TABLE}_key"),
-            claim_pkey=sql.Identifier(f"{CLAIM_TABLE}_pkey"),
+            claims=sql.Identifier(schema, CLAIM_TABLE),
         )
     )
+    if "key_text" not in table_columns(conn, schema, TOMBSTONE_TABLE):  # made before key texts
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS key_text text").format(tombstones)
+        )
+    index = f"{TOMBSTONE_TABLE}_table_idx"
+    if not _exists(conn, schema, index):
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (table_name, id)").format(
+                sql.Identifier(index), tombstones
+            )
+        )
+    for table in (SKIP_TABLE, CLAIM_TABLE):
+        # Unique by the key text's md5, not the text: a btree entry holds at most ~2.7 kB, and
+        # a table's own key may be longer. Tables made before this had the text itself as
+        # their primary key; that key is replaced.
+        relation = sql.Identifier(schema, table)
+        if not _exists(conn, schema, f"{table}_key"):
+            conn.execute(
+                sql.SQL(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {} "
+                    "(table_name, collection, md5(row_key))"
+                ).format(sql.Identifier(f"{table}_key"), relation)
+            )
+        old_key = _primary_key(conn, schema, table)
+        if old_key is not None:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                    relation, sql.Identifier(old_key)
+                )
+            )
     create_store_table(conn, schema)
     return not exists
-
-
-def _ensure_delete_triggers(
-    conn: psycopg.Connection,
-    schema: str,
-    state_schema: str,
-    table: TableConfig,
-    layout: KeyLayout,
-) -> None:
-    """Tombstones for deleted rows, truncates and old keys, and distrust of inserted marks.
-
-    DELETE is statement-level with a transition table: a bulk DELETE writes its tombstones in
-    one INSERT ... SELECT. The functions are shared by every table: TG_ARGV carries the asset
-    name and the SQL of the key text over the alias `gone` (built by points.KeyLayout), run
-    under the pinned key settings, so the tombstone holds exactly the key text the point id
-    was hashed from, whatever the deleting session's time zone.
-    """
-    tombstones = sql.Identifier(state_schema, TOMBSTONE_TABLE)
-    settings = key_settings_clause()
-    key_columns = [sql.Identifier(name) for name in table.primary_key]
-    conn.execute(
-        sql.SQL(
-            """
-            CREATE OR REPLACE FUNCTION {delete_function}() RETURNS trigger LANGUAGE plpgsql
-            {settings} AS $$
-            BEGIN
-                EXECUTE format('INSERT INTO %s (table_name, key_text) SELECT %L, %s FROM gone',
-                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]);
-                RETURN NULL;
-            END
-            $$;
-            CREATE OR REPLACE FUNCTION {key_change_function}() RETURNS trigger LANGUAGE plpgsql
-            {settings} AS $$
-            BEGIN
-                -- The row now has another key: its old key's point must go, like a delete's.
-                EXECUTE format('INSERT INTO %s (table_name, key_text) '
-                               'SELECT %L, %s FROM (SELECT ($1).*) AS gone',
-                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]) USING OLD;
-                RETURN NULL;
-            END
-            $$;
-            CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                INSERT INTO {tombstones} (table_name, truncated) VALUES (TG_ARGV[0], true);
-                RETURN NULL;
-            END
-            $$;
-            CREATE OR REPLACE FUNCTION {insert_function}() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                -- A row restored from a copy or another environment brings marks no store of
-                -- ours vouches for: it starts pending. A sync then finds any point that already
-                -- holds its current text and marks it without embedding again.
-                NEW.{embedded_in} := '[]'::jsonb;
-                RETURN NEW;
-            END
-            $$;
-            CREATE OR REPLACE TRIGGER {delete_trigger}
-            AFTER DELETE ON {relation} REFERENCING OLD TABLE AS gone
-            FOR EACH STATEMENT EXECUTE FUNCTION {delete_function}({name}, {key_text});
-            CREATE OR REPLACE TRIGGER {key_change_trigger}
-            AFTER UPDATE OF {key_columns} ON {relation} FOR EACH ROW
-            WHEN (ROW({old_key}) IS DISTINCT FROM ROW({new_key}))
-            EXECUTE FUNCTION {key_change_function}({name}, {key_text});
-            CREATE OR REPLACE TRIGGER {truncate_trigger}
-            AFTER TRUNCATE ON {relation}
-            FOR EACH STATEMENT EXECUTE FUNCTION {truncate_function}({name});
-            CREATE OR REPLACE TRIGGER {insert_trigger}
-            BEFORE INSERT ON {relation} FOR EACH ROW
-            WHEN (NEW.{embedded_in} IS DISTINCT FROM '[]'::jsonb)
-            EXECUTE FUNCTION {insert_function}();
-            """
-        ).format(
-            delete_function=sql.Identifier(state_schema, DELETE_FUNCTION),
-            key_change_function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
-            truncate_function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
-            insert_function=sql.Identifier(state_schema, INSERT_FUNCTION),
-            settings=settings,
-            tombstones=tombstones,
-            tombstones_text=sql.Literal(tombstones.as_string(conn)),
-            delete_trigger=sql.Identifier(DELETE_TRIGGER),
-            key_change_trigger=sql.Identifier(KEY_CHANGE_TRIGGER),
-            truncate_trigger=sql.Identifier(TRUNCATE_TRIGGER),
-            insert_trigger=sql.Identifier(INSERT_TRIGGER),
-            relation=sql.Identifier(schema, table.table),
-            name=sql.Literal(table.name),
-            key_text=sql.Literal(layout.text("gone").as_string(conn)),
-            key_columns=sql.SQL(", ").join(key_columns),
-            old_key=sql.SQL(", ").join(_as_printed("OLD", c) for c in key_columns),
-            new_key=sql.SQL(", ").join(_as_printed("NEW", c) for c in key_columns),
-            embedded_in=sql.Identifier(EMBEDDED_IN),
-        )
-    )

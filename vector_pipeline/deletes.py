@@ -94,7 +94,7 @@ def drain_tombstones(
                 # Points went from that collection too: a snapshot of it from before now
                 # holds them, so its store record moves on (store_state.py); the own
                 # collection's record moves on at the end of the sync.
-                StoreState(conn, qdrant, state_schema, table.name, collection).advance()
+                StoreState(conn, qdrant, state_schema, table, collection).advance()
         finally:
             if collection != own_collection:
                 conn.execute("SELECT pg_advisory_unlock_shared(hashtext(%s))", (key,))

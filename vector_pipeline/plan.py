@@ -25,6 +25,7 @@ from vector_pipeline.config import (
 from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
 from vector_pipeline.points import current_keys
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import StoreState
 
 DEFAULT_SAMPLE = 10_000
 
@@ -128,8 +129,14 @@ def plan(
                 continue
             collection = collection_name_for(table.collection_base, model.id)
             source = SourceTable.for_config(conn, config, table)
-            pending = source.pending_count(collection)
-            texts = source.pending_texts(collection, sample) if pending else []
+            state = StoreState(conn, qdrant, config.tables.schema_, table, collection)
+            # After a text_template change the sync re-checks every row (store_state.py):
+            # each is pending in effect, and only those whose text changed get paid for.
+            every_row = state.rendering_changed()
+            pending = (
+                source.counts(collection).total if every_row else source.pending_count(collection)
+            )
+            texts = source.pending_texts(collection, sample, every_row=every_row) if pending else []
             with_text = {key: text for key, text in texts if text is not None}
             current: set[str] = set()
             if qdrant is not None:

@@ -35,6 +35,7 @@ from vector_pipeline.database_setup import (
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import apply_key_settings
 from vector_pipeline.store_state import STORE_TABLE
+from vector_pipeline.triggers import table_triggers, trigger_problems
 
 VERSION = "__vector_pipeline_version"
 MARK_CHUNK = 1000  # keys per UPDATE when marking rows pending
@@ -87,7 +88,7 @@ class SourceTable:
         self.conn = conn
         self.schema = schema
         self.config = table
-        state = state_schema or schema
+        state = self.state_schema = state_schema or schema
         self._skips = sql.Identifier(state, SKIP_TABLE)
         columns = check_table(conn, schema, table)
         missing = [
@@ -121,6 +122,23 @@ class SourceTable:
         cls, conn: psycopg.Connection, config: ProjectConfig, table: TableConfig
     ) -> SourceTable:
         return cls(conn, config.tables.schema_for(table), table, config.tables.schema_)
+
+    def trigger_problems(self) -> list[str]:
+        """What is wrong with the triggers the table's marks rely on (triggers.py); empty when
+        nothing is. One catalog query."""
+        triggers = table_triggers(self.conn, self.schema, self.state_schema, self.config, self.key)
+        return trigger_problems(self.conn, self.schema, self.config, triggers)
+
+    def check_triggers(self) -> None:
+        """Raise SetupError, naming init-db, if the table's triggers are missing, disabled or
+        out of date: without them its marks would stop telling the truth."""
+        problems = self.trigger_problems()
+        if problems:
+            raise SetupError(
+                f"{self.schema}.{self.config.table}: {'; '.join(problems)} (dropped with a "
+                "column by DROP ... CASCADE, disabled, or text_template or primary_key changed "
+                "since init-db); run `vector-pipeline init-db`"
+            )
 
     def _waiting(self, collection: str) -> sql.Composable:
         """Pending for `collection`, and not skipped for the text it has now (alias `t`).
@@ -281,9 +299,11 @@ class SourceTable:
             lacking, skipped = self._lacking_and_skipped(collection, steerable)
         return TableCounts(total=total, embedded=total - lacking, skipped=skipped)
 
-    def pending_texts(self, collection: str, limit: int) -> list[tuple[str, str | None]]:
+    def pending_texts(
+        self, collection: str, limit: int, *, every_row: bool = False
+    ) -> list[tuple[str, str | None]]:
         """(key text, the text it would embed, or None: no text) of the first `limit` pending
-        rows, read only.
+        rows (with `every_row`, of the first rows whether pending or not), read only.
 
         For estimates (`plan`): no claim is taken and nothing is locked.
         """
@@ -293,7 +313,7 @@ class SourceTable:
                 sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.text_columns
             ),
             self._relation,
-            self._waiting(collection),
+            sql.SQL("true") if every_row else self._waiting(collection),
             self.key.columns_of("t"),
         )
         columns = self.config.text_columns

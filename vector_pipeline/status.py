@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import psycopg
 from qdrant_client import QdrantClient
@@ -29,6 +29,9 @@ class TableStatus:
     # Whether the collection is the store the marks were made in (store_state.py); False: the
     # next sync voids them and re-checks every row. None: Qdrant not consulted.
     verified: bool | None = None
+    # What is wrong with the table's triggers (a sync refuses to run until init-db fixes it);
+    # empty when nothing is.
+    trigger_problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -54,6 +57,7 @@ def sync_status(
         if tables and table_config.name not in tables:
             continue
         source = SourceTable.for_config(conn, config, table_config)
+        problems = source.trigger_problems()
         for key in model_keys:
             _, model = embeddings.model(key)
             collection = collection_name_for(table_config.collection_base, model.id)
@@ -62,7 +66,7 @@ def sync_status(
             serves = verified = None
             if qdrant is not None:
                 verified = StoreState(
-                    conn, qdrant, config.tables.schema_, table_config.name, collection
+                    conn, qdrant, config.tables.schema_, table_config, collection
                 ).matches()
             if alias is not None and qdrant is not None:
                 if alias not in served:  # one lookup per alias, not per table and model
@@ -80,6 +84,7 @@ def sync_status(
                     alias=alias,
                     alias_serves_this=serves,
                     verified=verified,
+                    trigger_problems=problems,
                 )
             )
     return statuses

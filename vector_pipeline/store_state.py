@@ -35,6 +35,8 @@ import psycopg
 from psycopg import sql
 from qdrant_client import QdrantClient
 
+from vector_pipeline.config import TableConfig
+
 STORE_TABLE = "vector_pipeline_store"
 METADATA_PREFIX = "vector_pipeline."
 
@@ -51,30 +53,42 @@ class StoreState:
     def __init__(
         self,
         conn: psycopg.Connection,
-        qdrant: QdrantClient,
+        qdrant: QdrantClient | None,
         state_schema: str,
-        table_name: str,
+        table: TableConfig,
         collection: str,
     ) -> None:
+        """`qdrant` may be None for `rendering_changed` alone."""
         self.conn, self.qdrant = conn, qdrant
-        self.table_name, self.collection = table_name, collection
+        self.table_name, self.collection = table.name, collection
+        self.rendering = table.rendering
         self._relation = sql.Identifier(state_schema, STORE_TABLE)
-        self._key = f"{METADATA_PREFIX}{table_name}"
+        self._key = f"{METADATA_PREFIX}{table.name}"
 
     def recorded(self, *, for_share: bool = False) -> Record | None:
         """What PostgreSQL recorded (None: nothing yet); `for_share` locks the row against
         `advance` until the caller's transaction ends."""
-        row = self.conn.execute(
+        row = self._row(for_share)
+        return Record(str(row[0]), row[1]) if row else None
+
+    def _row(self, for_share: bool) -> tuple[Any, ...] | None:
+        return self.conn.execute(
             sql.SQL(
-                "SELECT token, generation FROM {} WHERE table_name = %s AND collection = %s {}"
+                "SELECT token, generation, rendering FROM {} "
+                "WHERE table_name = %s AND collection = %s {}"
             ).format(self._relation, sql.SQL("FOR SHARE" if for_share else "")),
             (self.table_name, self.collection),
         ).fetchone()
-        return Record(str(row[0]), row[1]) if row else None
+
+    def rendering_changed(self) -> bool:
+        """Whether the marks were made for texts another text_template rendered (PostgreSQL
+        only): the next sync re-checks every row and embeds those whose text changed."""
+        row = self._row(for_share=False)
+        return row is not None and row[2] != self.rendering
 
     def in_store(self) -> Record | None:
         """What the collection's metadata says (None: no collection, or no record in it)."""
-        if not self.qdrant.collection_exists(self.collection):
+        if self.qdrant is None or not self.qdrant.collection_exists(self.collection):
             return None
         metadata = self.qdrant.get_collection(self.collection).config.metadata or {}
         value: Any = metadata.get(self._key)
@@ -86,15 +100,26 @@ class StoreState:
         return Record(token, generation)
 
     def matches(self) -> bool:
-        """Whether the marks were made against this very store (see the module docstring).
+        """Whether the marks were made against this very store, for the text the table
+        renders now (see the module docstring)."""
+        return self.mismatch() is None
+
+    def mismatch(self) -> str | None:
+        """Why the marks cannot be trusted, or None when they can.
 
         PostgreSQL's record is read with a share lock held while Qdrant is read, so a
         concurrent `advance` (which writes Qdrant while it holds the row) is seen whole or not
         at all, never half: a worker starting beside another never mistakes it for a restore.
         """
         with self.conn.transaction():
-            recorded = self.recorded(for_share=True)
-            return recorded is not None and recorded == self.in_store()
+            row = self._row(for_share=True)
+            if row is None:
+                return "has no record of this table"
+            if row[2] != self.rendering:
+                return "holds texts rendered by another text_template"
+            if Record(str(row[0]), row[1]) != self.in_store():
+                return "is not the store the rows were marked in (recreated, replaced or restored)"
+            return None
 
     def start(self) -> Record:
         """A new record, in Qdrant first, then PostgreSQL (after the marks were voided)."""
@@ -103,12 +128,18 @@ class StoreState:
         with self.conn.transaction():
             self.conn.execute(
                 sql.SQL(
-                    "INSERT INTO {} (table_name, collection, token, generation) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (table_name, collection) "
+                    "INSERT INTO {} (table_name, collection, token, generation, rendering) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (table_name, collection) "
                     "DO UPDATE SET token = EXCLUDED.token, generation = EXCLUDED.generation, "
-                    "updated_at = now()"
+                    "rendering = EXCLUDED.rendering, updated_at = now()"
                 ).format(self._relation),
-                (self.table_name, self.collection, record.token, record.generation),
+                (
+                    self.table_name,
+                    self.collection,
+                    record.token,
+                    record.generation,
+                    self.rendering,
+                ),
             )
         return record
 
@@ -132,6 +163,7 @@ class StoreState:
             self._write_store(Record(str(row[0]), row[1]))
 
     def _write_store(self, record: Record) -> None:
+        assert self.qdrant is not None, "writing a store record needs the store"
         self.qdrant.update_collection(
             self.collection,
             metadata={self._key: {"token": record.token, "generation": record.generation}},
@@ -147,6 +179,7 @@ def create_store_table(conn: psycopg.Connection, schema: str) -> None:
                 collection  text NOT NULL,
                 token       uuid NOT NULL,              -- drawn when the record (re)starts
                 generation  bigint NOT NULL,            -- syncs that changed points since
+                rendering   text,                       -- TableConfig.rendering of the marks
                 updated_at  timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (table_name, collection)
             )
@@ -159,7 +192,7 @@ def vouch_for(
     conn: psycopg.Connection,
     qdrant: QdrantClient,
     state_schema: str,
-    table_name: str,
+    table: TableConfig,
     collection: str,
 ) -> Record:
     """Record the existing `collection` in `qdrant` as the store the table's marks were made
@@ -169,7 +202,7 @@ def vouch_for(
     benchmarks that give each worker process its own local store in place of one shared
     server, or that generate a table "as after a full sync" without writing its points.
     """
-    state = StoreState(conn, qdrant, state_schema, table_name, collection)
+    state = StoreState(conn, qdrant, state_schema, table, collection)
     record = state.recorded()
     if record is None:
         return state.start()

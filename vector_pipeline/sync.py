@@ -264,14 +264,16 @@ def sync_table(
     collection = collection_name_for(table.collection_base, embedder.model_id)
     state_schema = state_schema or schema
     source = SourceTable(conn, schema, table, state_schema)
+    source.check_triggers()
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
-    store = StoreState(conn, qdrant, state_schema, table.name, collection)
-    if check_store and not store.matches():
+    store = StoreState(conn, qdrant, state_schema, table, collection)
+    if check_store and store.mismatch() is not None:
         with collection_lock(conn, schema, table, collection, log):
-            if not store.matches():  # another worker may have just done it
-                result.marks_voided = void_marks(source, qdrant, store, log)
+            why = store.mismatch()  # another worker may have just dealt with it
+            if why is not None:
+                result.marks_voided = void_marks(source, qdrant, store, why, log)
     # Shared: any number of workers sync this table into this collection together, sharing
     # the rows through claims; `repair` takes the lock exclusively and waits for them.
     with collection_lock(conn, schema, table, collection, log, shared=True):
@@ -313,13 +315,16 @@ def sync_table(
     return result
 
 
-def void_marks(source: SourceTable, qdrant: QdrantClient, store: StoreState, log: Logger) -> int:
+def void_marks(
+    source: SourceTable, qdrant: QdrantClient, store: StoreState, why: str, log: Logger
+) -> int:
     """The store is not the one the marks were made in (store_state.py): remove every mark
     of the table for the collection, delete the points of rows that are gone or skipped (a
     restored snapshot may hold the text a row had before it lost it), start a new record.
 
-    The caller holds the collection lock exclusively. Rows whose point still holds their text
-    are marked again by the sync that follows, without embedding.
+    The caller holds the collection lock exclusively; `why` is `StoreState.mismatch()`. Rows
+    whose point still holds their text are marked again by the sync that follows, without
+    embedding: after a text_template change, exactly the rows whose text changed are paid for.
     """
     table, collection = source.config, store.collection
     recorded = store.recorded()
@@ -331,11 +336,6 @@ def void_marks(source: SourceTable, qdrant: QdrantClient, store: StoreState, log
     store.start()
     if recorded is None and not voided:
         return 0  # the table's first sync into this collection: nothing to distrust
-    why = (
-        "has no record of this table"
-        if recorded is None
-        else "is not the store the rows were marked in (recreated, replaced or restored)"
-    )
     log.warning(
         f"{table.name}: collection {collection} {why}: {voided} marks were voided; rows whose "
         "point still holds their text are marked again without embedding"

@@ -63,6 +63,7 @@ def test_seed_sync_status_search(cli, demo_config):
         "alias_serves_this": True,
         # The collection is the store these rows were marked in.
         "verified": True,
+        "trigger_problems": [],
     }
     assert (rows["hadith", "det_b"]["embedded"], rows["hadith", "det_b"]["pending"]) == (0, 30)
     assert rows["hadith", "det_b"]["verified"] is False  # never synced: nothing to vouch for

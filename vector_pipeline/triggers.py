@@ -1,0 +1,275 @@
+"""The triggers every syncable table relies on, how init-db installs them, and how a sync checks
+they are still there and still match the configuration.
+
+Per table:
+
+- `vector_pipeline_reset_embedded_in` (BEFORE UPDATE OF the text and key columns, per row):
+  a change of the rendered text or of the key clears `embedded_in`;
+- `vector_pipeline_record_delete` (AFTER DELETE, per statement, transition table) and
+  `vector_pipeline_record_truncate` (AFTER TRUNCATE): tombstones, so deleted rows lose their
+  points;
+- `vector_pipeline_record_key_change` (AFTER UPDATE OF the key columns, per row): a tombstone
+  for the old key;
+- `vector_pipeline_distrust_marks` (BEFORE INSERT, per row): a row inserted with marks starts
+  pending (see README, "Guarantees").
+
+Each trigger carries a comment with a fingerprint of the statement that created it. init-db
+replaces only a trigger whose fingerprint differs (so re-running it takes no lock on a table
+that is already right), and every sync refuses to run while one is missing, disabled or out of
+date: `ALTER TABLE ... DROP COLUMN ... CASCADE` drops the reset trigger silently, and a
+`text_template` edited without init-db leaves it watching the wrong columns. Without its
+triggers a table's marks would stop telling the truth, which no sync could notice later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from vector_pipeline.config import TableConfig
+from vector_pipeline.points import KeyLayout, key_settings_clause
+
+EMBEDDED_IN = "embedded_in"
+TOMBSTONE_TABLE = "vector_pipeline_tombstone"
+RESET_FUNCTION = "vector_pipeline_reset_embedded_in"
+RESET_TRIGGER = "vector_pipeline_reset_embedded_in"
+DELETE_FUNCTION = "vector_pipeline_record_delete"
+DELETE_TRIGGER = "vector_pipeline_record_delete"
+TRUNCATE_FUNCTION = "vector_pipeline_record_truncate"
+TRUNCATE_TRIGGER = "vector_pipeline_record_truncate"
+KEY_CHANGE_FUNCTION = "vector_pipeline_record_key_change"
+KEY_CHANGE_TRIGGER = "vector_pipeline_record_key_change"
+INSERT_FUNCTION = "vector_pipeline_distrust_marks"
+INSERT_TRIGGER = "vector_pipeline_distrust_marks"
+_COMMENT_PREFIX = "vector_pipeline "
+# pg_trigger.tgenabled values under which a trigger fires in ordinary sessions: O (origin, the
+# default) and A (always, replication sessions included). D is disabled; R fires only in them.
+_FIRING = ("O", "A")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    name: str
+    statement: str  # CREATE OR REPLACE TRIGGER ..., as sent
+
+    @property
+    def fingerprint(self) -> str:
+        return _COMMENT_PREFIX + hashlib.md5(self.statement.encode()).hexdigest()
+
+
+def _as_printed(record: str, column: sql.Identifier) -> sql.Composable:
+    """`record.column` as its text, compared byte for byte: a change that equality would not
+    see still counts (numeric 1.50 -> 1.5, float 0 -> -0, 'Alice' -> 'ALICE' under a
+    case-insensitive collation), since texts and key texts are what get embedded and hashed."""
+    return sql.SQL('{}.{}::text COLLATE "C"').format(sql.SQL(record), column)
+
+
+def ensure_functions(conn: psycopg.Connection, schemas: set[str], state_schema: str) -> None:
+    """The trigger functions: the reset function in each table schema, the others (shared by
+    every table through TG_ARGV) in the state schema. CREATE OR REPLACE FUNCTION takes no
+    lock on any table."""
+    for schema in sorted(schemas):
+        conn.execute(
+            sql.SQL(
+                """
+                CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    -- The embedded text changed: no collection holds it any more.
+                    NEW.embedded_in := '[]'::jsonb;
+                    RETURN NEW;
+                END
+                $$
+                """
+            ).format(sql.Identifier(schema, RESET_FUNCTION))
+        )
+    tombstones = sql.Identifier(state_schema, TOMBSTONE_TABLE)
+    settings = key_settings_clause()
+    # TG_ARGV[1] is the SQL of the key text over the alias `gone` (points.KeyLayout), run under
+    # the pinned key settings, so a tombstone holds exactly the key text the point id was
+    # hashed from, whatever the deleting session's time zone.
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE OR REPLACE FUNCTION {delete_function}() RETURNS trigger LANGUAGE plpgsql
+            {settings} AS $$
+            BEGIN
+                EXECUTE format('INSERT INTO %s (table_name, key_text) SELECT %L, %s FROM gone',
+                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]);
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {key_change_function}() RETURNS trigger LANGUAGE plpgsql
+            {settings} AS $$
+            BEGIN
+                -- The row now has another key: its old key's point must go, like a delete's.
+                EXECUTE format('INSERT INTO %s (table_name, key_text) '
+                               'SELECT %L, %s FROM (SELECT ($1).*) AS gone',
+                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]) USING OLD;
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {tombstones} (table_name, truncated) VALUES (TG_ARGV[0], true);
+                RETURN NULL;
+            END
+            $$;
+            CREATE OR REPLACE FUNCTION {insert_function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                -- A row restored from a copy or another environment brings marks no store of
+                -- ours vouches for: it starts pending. A sync then finds any point that already
+                -- holds its current text and marks it without embedding again.
+                NEW.{embedded_in} := '[]'::jsonb;
+                RETURN NEW;
+            END
+            $$;
+            """
+        ).format(
+            delete_function=sql.Identifier(state_schema, DELETE_FUNCTION),
+            key_change_function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
+            truncate_function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
+            insert_function=sql.Identifier(state_schema, INSERT_FUNCTION),
+            settings=settings,
+            tombstones=tombstones,
+            tombstones_text=sql.Literal(tombstones.as_string(conn)),
+            embedded_in=sql.Identifier(EMBEDDED_IN),
+        )
+    )
+
+
+def table_triggers(
+    conn: psycopg.Connection,
+    schema: str,
+    state_schema: str,
+    table: TableConfig,
+    layout: KeyLayout,
+) -> list[Trigger]:
+    """The triggers `table` needs, as the statements that create them."""
+    relation = sql.Identifier(schema, table.table)
+    key_columns = [sql.Identifier(name) for name in table.primary_key]
+    # `UPDATE OF` limits the reset to statements naming a text or key column; WHEN to real
+    # changes. A new key is a new row as far as Qdrant knows. Comparing the text forms works
+    # for every column type, including ones without an equality operator.
+    watched = [
+        sql.Identifier(name) for name in dict.fromkeys((*table.text_columns, *table.primary_key))
+    ]
+    name = sql.Literal(table.name)
+    key_text = sql.Literal(layout.text("gone").as_string(conn))
+    statements = {
+        RESET_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OF {columns} ON {relation} "
+            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
+            "EXECUTE FUNCTION {function}()"
+        ).format(
+            trigger=sql.Identifier(RESET_TRIGGER),
+            columns=sql.SQL(", ").join(watched),
+            relation=relation,
+            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in watched),
+            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in watched),
+            function=sql.Identifier(schema, RESET_FUNCTION),
+        ),
+        # Statement-level with a transition table: a bulk DELETE writes its tombstones in one
+        # INSERT ... SELECT.
+        DELETE_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER DELETE ON {relation} "
+            "REFERENCING OLD TABLE AS gone FOR EACH STATEMENT "
+            "EXECUTE FUNCTION {function}({name}, {key_text})"
+        ).format(
+            trigger=sql.Identifier(DELETE_TRIGGER),
+            relation=relation,
+            function=sql.Identifier(state_schema, DELETE_FUNCTION),
+            name=name,
+            key_text=key_text,
+        ),
+        KEY_CHANGE_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER UPDATE OF {columns} ON {relation} "
+            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
+            "EXECUTE FUNCTION {function}({name}, {key_text})"
+        ).format(
+            trigger=sql.Identifier(KEY_CHANGE_TRIGGER),
+            columns=sql.SQL(", ").join(key_columns),
+            relation=relation,
+            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in key_columns),
+            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in key_columns),
+            function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
+            name=name,
+            key_text=key_text,
+        ),
+        TRUNCATE_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER TRUNCATE ON {relation} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {function}({name})"
+        ).format(
+            trigger=sql.Identifier(TRUNCATE_TRIGGER),
+            relation=relation,
+            function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
+            name=name,
+        ),
+        INSERT_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT ON {relation} FOR EACH ROW "
+            "WHEN (NEW.{embedded_in} IS DISTINCT FROM '[]'::jsonb) EXECUTE FUNCTION {function}()"
+        ).format(
+            trigger=sql.Identifier(INSERT_TRIGGER),
+            relation=relation,
+            embedded_in=sql.Identifier(EMBEDDED_IN),
+            function=sql.Identifier(state_schema, INSERT_FUNCTION),
+        ),
+    }
+    return [Trigger(name, statement.as_string(conn)) for name, statement in statements.items()]
+
+
+def _installed(conn: psycopg.Connection, schema: str, table: str) -> dict[str, tuple[str, str]]:
+    """Our triggers on the table: name -> (tgenabled, comment)."""
+    rows = conn.execute(
+        """
+        SELECT t.tgname, t.tgenabled, coalesce(obj_description(t.oid, 'pg_trigger'), '')
+        FROM pg_trigger t
+        JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND NOT t.tgisinternal
+          AND t.tgname LIKE 'vector\\_pipeline\\_%%'
+        """,
+        (schema, table),
+    ).fetchall()
+    return {name: (enabled, comment) for name, enabled, comment in rows}
+
+
+def ensure_triggers(
+    conn: psycopg.Connection, schema: str, table: TableConfig, triggers: list[Trigger]
+) -> list[str]:
+    """Create or replace the triggers whose fingerprint differs; return their names."""
+    installed = _installed(conn, schema, table.table)
+    replaced = []
+    for trigger in triggers:
+        enabled, comment = installed.get(trigger.name, ("", ""))
+        if enabled in _FIRING and comment == trigger.fingerprint:
+            continue  # already right: no lock taken on the table
+        conn.execute(trigger.statement)
+        conn.execute(
+            sql.SQL("COMMENT ON TRIGGER {} ON {} IS {}").format(
+                sql.Identifier(trigger.name),
+                sql.Identifier(schema, table.table),
+                sql.Literal(trigger.fingerprint),
+            )
+        )
+        replaced.append(trigger.name)
+    return replaced
+
+
+def trigger_problems(
+    conn: psycopg.Connection, schema: str, table: TableConfig, triggers: list[Trigger]
+) -> list[str]:
+    """What is wrong with the table's triggers (empty: nothing), one phrase each."""
+    installed = _installed(conn, schema, table.table)
+    problems = []
+    for trigger in triggers:
+        found = installed.get(trigger.name)
+        if found is None:
+            problems.append(f"trigger {trigger.name} is missing")
+        elif found[0] not in _FIRING:
+            problems.append(f"trigger {trigger.name} is disabled")
+        elif found[1] != trigger.fingerprint:
+            problems.append(f"trigger {trigger.name} does not match config/tables.yaml")
+    return problems

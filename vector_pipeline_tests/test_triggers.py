@@ -1,0 +1,128 @@
+"""The triggers a table's marks rely on: a sync refuses to run without them, init-db restores
+them without locking a table that is already right, and a text_template change re-embeds
+exactly the rows whose text changed."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.database_setup import SetupError, setup_database
+from vector_pipeline.plan import plan
+from vector_pipeline.status import sync_status
+from vector_pipeline_tests.conftest import sync_model, write_config
+
+COLLECTION = "test_det-a_hybrid"
+
+
+def _config(tmp_path: Path, schema: str, template: str, name: str = "config") -> ProjectConfig:
+    tables = textwrap.dedent(
+        f"""\
+        schema: {schema}
+        collection_base: test
+        tables:
+          doc:
+            data_type: DOC
+            text_template: "{template}"
+            payload_columns: [title, category]
+        """
+    )
+    return load_config(write_config(tmp_path / name, schema, tables=tables))
+
+
+def _marked(conn: psycopg.Connection, schema: str) -> int:
+    return conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
+            sql.Identifier(schema, "doc")
+        ),
+        (f'["{COLLECTION}"]',),
+    ).fetchone()[0]
+
+
+def test_a_trigger_dropped_with_a_column_stops_every_sync_until_init_db(
+    project, conn, qdrant, schema, tmp_path
+):
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN extra text").format(doc))
+    with_extra = _config(tmp_path, schema, "{title} {body} {extra}", "with_extra")
+    setup_database(conn, with_extra)
+    assert sync_model(with_extra, conn, qdrant).embedded == 120
+
+    # The column leaves the template and the table; CASCADE takes the reset trigger with it.
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN extra CASCADE").format(doc))
+    without = _config(tmp_path, schema, "{title} {body}", "without")
+    with pytest.raises(SetupError) as refused:
+        sync_model(without, conn, qdrant)
+    message = str(refused.value)
+    assert "trigger vector_pipeline_reset_embedded_in is missing" in message
+    assert "run `vector-pipeline init-db`" in message and "\n" not in message
+    (status,) = sync_status(conn, without, ["det_a"])
+    assert status.trigger_problems == ["trigger vector_pipeline_reset_embedded_in is missing"]
+
+    setup_database(conn, without)
+    assert sync_status(conn, without, ["det_a"])[0].trigger_problems == []
+    sync_model(without, conn, qdrant)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'edited' WHERE id = 3").format(doc))
+    assert _marked(conn, schema) == 119  # the edit is seen again
+
+
+def test_a_disabled_trigger_stops_every_sync(project, conn, qdrant, schema):
+    conn.execute(
+        sql.SQL("ALTER TABLE {} DISABLE TRIGGER vector_pipeline_record_delete").format(
+            sql.Identifier(schema, "doc")
+        )
+    )
+    with pytest.raises(SetupError, match="trigger vector_pipeline_record_delete is disabled"):
+        sync_model(project, conn, qdrant)
+
+
+def test_init_db_again_takes_no_lock_on_a_table_that_is_right(project, conn, schema, database_url):
+    """A re-run while the application holds a row lock must not queue behind it (and make
+    every later writer queue behind init-db)."""
+    doc = sql.Identifier(schema, "doc")
+    with psycopg.connect(database_url) as app:  # a transaction left open, holding a row lock
+        app.execute(sql.SQL("UPDATE {} SET views = views + 1 WHERE id = 1").format(doc))
+        conn.execute("SET lock_timeout = '500ms'")
+        try:
+            done = setup_database(conn, project)
+        finally:
+            conn.execute("RESET lock_timeout")
+        app.rollback()
+    assert not any(line.startswith("triggers on") for line in done), done
+
+
+def test_a_template_change_re_embeds_exactly_the_rows_whose_text_changed(
+    project, conn, qdrant, schema, tmp_path
+):
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("UPDATE {} SET category = NULL WHERE id > 10").format(doc))
+    before = _config(tmp_path, schema, "{title}: {body}", "before")
+    setup_database(conn, before)
+    sync_model(before, conn, qdrant)
+    assert _marked(conn, schema) == 120
+
+    # The new template renders differently only where category is set (rows 1-10).
+    after = _config(tmp_path, schema, "{title}: {body}{category}", "after")
+    with pytest.raises(SetupError, match="does not match config/tables.yaml"):
+        sync_model(after, conn, qdrant)  # init-db first: the trigger watches the old columns
+    setup_database(conn, after)
+    (estimate,) = plan(conn, after, ["det_a"], qdrant=qdrant)
+    assert (estimate.pending, estimate.already_current) == (120, 110)
+
+    result = sync_model(after, conn, qdrant)
+    assert (result.marks_voided, result.embedded, result.adopted) == (120, 10, 110)
+    (point,) = qdrant.retrieve(COLLECTION, [result_point(1)], with_payload=True)
+    assert point.payload["content"] == "Title 1: Body of document 1 about topic 1cat1"
+    again = sync_model(after, conn, qdrant)
+    assert (again.marks_voided, again.embedded, again.adopted) == (0, 0, 0)
+
+
+def result_point(row_id: int) -> str:
+    from vector_pipeline.points import point_id
+
+    return point_id("DOC", str(row_id), COLLECTION)
