@@ -21,6 +21,7 @@ from vector_pipeline.triggers import (
     TOMBSTONE_TABLE,
     ensure_functions,
     ensure_triggers,
+    partition_tree,
     table_triggers,
 )
 
@@ -47,9 +48,13 @@ def pending_condition(collection: str) -> sql.Composable:
 
 
 def pending_index_name(table: TableConfig, collection: str) -> str:
+    return _pending_index_name(table.table, collection)
+
+
+def _pending_index_name(relation: str, collection: str) -> str:
     # Identifiers stop at 63 bytes; the hash keeps long table/collection names distinct.
-    digest = hashlib.md5(f"{table.table}/{collection}".encode()).hexdigest()[:10]
-    return f"{table.table[:40]}_pending_{digest}"
+    digest = hashlib.md5(f"{relation}/{collection}".encode()).hexdigest()[:10]
+    return f"{relation[:40]}_pending_{digest}"
 
 
 class SetupError(RuntimeError):
@@ -190,7 +195,7 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
         for table in tables.tables:
             schema = tables.schema_for(table)
             triggers = table_triggers(conn, schema, tables.schema_, table, layouts[table.name])
-            replaced = ensure_triggers(conn, schema, table, triggers)
+            replaced = ensure_triggers(conn, triggers)
             if replaced:
                 done.append(f"triggers on {schema}.{table.table}: installed {', '.join(replaced)}")
     for table in tables.tables:
@@ -204,8 +209,56 @@ def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]
 def _ensure_pending_index(
     conn: psycopg.Connection, schema: str, table: TableConfig, collection: str
 ) -> bool:
-    name = pending_index_name(table, collection)
-    exists = conn.execute(
+    """The partial index of the rows pending for `collection`; True if anything was built.
+
+    A partitioned table cannot be indexed CONCURRENTLY: its index is made ON ONLY the table
+    (instantly, invalid), each partition's is built CONCURRENTLY and attached, and once all
+    are attached the table's index is valid. Partitions made later get theirs from
+    PostgreSQL itself, as for any partitioned index.
+    """
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key)
+    condition = pending_condition(collection)
+    tree = partition_tree(conn, schema, table.table)
+    built = False
+    for part_schema, part, parent, partitioned in tree:
+        name = _pending_index_name(part, collection)
+        parent_index = (parent[0], _pending_index_name(parent[1], collection)) if parent else None
+        if parent_index and _has_attached_index(conn, parent_index, (part_schema, part)):
+            continue  # e.g. made by PostgreSQL with the partition, under a name of its own
+        valid = _index_validity(conn, part_schema, name)
+        if partitioned:
+            if valid is None:
+                conn.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON ONLY {} ({}) WHERE {}").format(
+                        sql.Identifier(name),
+                        sql.Identifier(part_schema, part),
+                        columns,
+                        condition,
+                    )
+                )
+                built = True
+        elif not valid:
+            if valid is False:  # an interrupted CONCURRENTLY build leaves an invalid index
+                conn.execute(
+                    sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                        sql.Identifier(part_schema, name)
+                    )
+                )
+            conn.execute(
+                sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({}) WHERE {}").format(
+                    sql.Identifier(name), sql.Identifier(part_schema, part), columns, condition
+                )
+            )
+            built = True
+        if parent_index is not None:
+            _attach_index(conn, parent_index, (part_schema, name))
+            built = True
+    return built
+
+
+def _index_validity(conn: psycopg.Connection, schema: str, name: str) -> bool | None:
+    """Whether the index is valid; None if there is none."""
+    row = conn.execute(
         """
         SELECT i.indisvalid FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -214,21 +267,34 @@ def _ensure_pending_index(
         """,
         (schema, name),
     ).fetchone()
-    if exists and exists[0]:
+    return None if row is None else row[0]
+
+
+def _has_attached_index(
+    conn: psycopg.Connection, parent_index: tuple[str, str], partition: tuple[str, str]
+) -> bool:
+    """Whether some index of `partition` is attached to the partitioned `parent_index`."""
+    if _index_validity(conn, *parent_index) is None:
         return False
-    if exists:  # a CONCURRENTLY build that was interrupted leaves an invalid index behind
-        conn.execute(
-            sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(schema, name))
-        )
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits h JOIN pg_index i ON i.indexrelid = h.inhrelid "
+        "WHERE h.inhparent = %s::regclass AND i.indrelid = %s::regclass)",
+        (
+            sql.Identifier(*parent_index).as_string(conn),
+            sql.Identifier(*partition).as_string(conn),
+        ),
+    ).fetchone()[0]
+
+
+def _attach_index(
+    conn: psycopg.Connection, parent: tuple[str, str], child: tuple[str, str]
+) -> None:
+    """Attach a partition's index to its table's partitioned index."""
     conn.execute(
-        sql.SQL("CREATE INDEX CONCURRENTLY IF NOT EXISTS {} ON {} ({}) WHERE {}").format(
-            sql.Identifier(name),
-            sql.Identifier(schema, table.table),
-            sql.SQL(", ").join(sql.Identifier(c) for c in table.primary_key),
-            pending_condition(collection),
+        sql.SQL("ALTER INDEX {} ATTACH PARTITION {}").format(
+            sql.Identifier(*parent), sql.Identifier(*child)
         )
     )
-    return True
 
 
 def _ensure_embedded_in(

@@ -127,7 +127,7 @@ class SourceTable:
         """What is wrong with the triggers the table's marks rely on (triggers.py); empty when
         nothing is. One catalog query."""
         triggers = table_triggers(self.conn, self.schema, self.state_schema, self.config, self.key)
-        return trigger_problems(self.conn, self.schema, self.config, triggers)
+        return trigger_problems(self.conn, triggers)
 
     def check_triggers(self) -> None:
         """Raise SetupError, naming init-db, if the table's triggers are missing, disabled or

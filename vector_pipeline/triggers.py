@@ -53,6 +53,8 @@ _FIRING = ("O", "A")
 @dataclass(frozen=True)
 class Trigger:
     name: str
+    schema: str  # of the relation it is on: the table, or one of its partitions
+    relation: str
     statement: str  # CREATE OR REPLACE TRIGGER ..., as sent
 
     @property
@@ -104,11 +106,13 @@ def ensure_functions(conn: psycopg.Connection, schemas: set[str], state_schema: 
             CREATE OR REPLACE FUNCTION {key_change_function}() RETURNS trigger LANGUAGE plpgsql
             {settings} AS $$
             BEGIN
-                -- The row now has another key: its old key's point must go, like a delete's.
+                -- The row is about to get another key: its old key's point must go, like a
+                -- delete's. BEFORE, not AFTER: an UPDATE that moves a row to another
+                -- partition fires no AFTER UPDATE trigger, but this one fires on its way out.
                 EXECUTE format('INSERT INTO %s (table_name, key_text) '
                                'SELECT %L, %s FROM (SELECT ($1).*) AS gone',
                                {tombstones_text}, TG_ARGV[0], TG_ARGV[1]) USING OLD;
-                RETURN NULL;
+                RETURN NEW;
             END
             $$;
             CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -158,6 +162,33 @@ def table_triggers(
     ]
     name = sql.Literal(table.name)
     key_text = sql.Literal(layout.text("gone").as_string(conn))
+
+    def delete_trigger(on: sql.Identifier) -> sql.Composable:
+        # Statement-level with a transition table: a bulk DELETE writes its tombstones in one
+        # INSERT ... SELECT.
+        return sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER DELETE ON {relation} "
+            "REFERENCING OLD TABLE AS gone FOR EACH STATEMENT "
+            "EXECUTE FUNCTION {function}({name}, {key_text})"
+        ).format(
+            trigger=sql.Identifier(DELETE_TRIGGER),
+            relation=on,
+            function=sql.Identifier(state_schema, DELETE_FUNCTION),
+            name=name,
+            key_text=key_text,
+        )
+
+    def truncate_trigger(on: sql.Identifier) -> sql.Composable:
+        return sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER TRUNCATE ON {relation} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION {function}({name})"
+        ).format(
+            trigger=sql.Identifier(TRUNCATE_TRIGGER),
+            relation=on,
+            function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
+            name=name,
+        )
+
     statements = {
         RESET_TRIGGER: sql.SQL(
             "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OF {columns} ON {relation} "
@@ -171,21 +202,9 @@ def table_triggers(
             new=sql.SQL(", ").join(_as_printed("NEW", c) for c in watched),
             function=sql.Identifier(schema, RESET_FUNCTION),
         ),
-        # Statement-level with a transition table: a bulk DELETE writes its tombstones in one
-        # INSERT ... SELECT.
-        DELETE_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} AFTER DELETE ON {relation} "
-            "REFERENCING OLD TABLE AS gone FOR EACH STATEMENT "
-            "EXECUTE FUNCTION {function}({name}, {key_text})"
-        ).format(
-            trigger=sql.Identifier(DELETE_TRIGGER),
-            relation=relation,
-            function=sql.Identifier(state_schema, DELETE_FUNCTION),
-            name=name,
-            key_text=key_text,
-        ),
+        DELETE_TRIGGER: delete_trigger(relation),
         KEY_CHANGE_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} AFTER UPDATE OF {columns} ON {relation} "
+            "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OF {columns} ON {relation} "
             "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
             "EXECUTE FUNCTION {function}({name}, {key_text})"
         ).format(
@@ -198,15 +217,7 @@ def table_triggers(
             name=name,
             key_text=key_text,
         ),
-        TRUNCATE_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} AFTER TRUNCATE ON {relation} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION {function}({name})"
-        ).format(
-            trigger=sql.Identifier(TRUNCATE_TRIGGER),
-            relation=relation,
-            function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
-            name=name,
-        ),
+        TRUNCATE_TRIGGER: truncate_trigger(relation),
         INSERT_TRIGGER: sql.SQL(
             "CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT ON {relation} FOR EACH ROW "
             "WHEN (NEW.{embedded_in} IS DISTINCT FROM '[]'::jsonb) EXECUTE FUNCTION {function}()"
@@ -217,59 +228,113 @@ def table_triggers(
             function=sql.Identifier(state_schema, INSERT_FUNCTION),
         ),
     }
-    return [Trigger(name, statement.as_string(conn)) for name, statement in statements.items()]
+    triggers = [
+        Trigger(name, schema, table.table, statement.as_string(conn))
+        for name, statement in statements.items()
+    ]
+    # Row triggers on a partitioned table are cloned onto every partition, present and future;
+    # statement triggers are not, and a DELETE or TRUNCATE aimed at one partition fires only
+    # that partition's. So each partition gets its own (a partition made after init-db is
+    # reported by `trigger_problems` until init-db runs again).
+    for part_schema, part, parent, _ in partition_tree(conn, schema, table.table):
+        if parent is None:
+            continue  # the table itself
+        on = sql.Identifier(part_schema, part)
+        for trigger_name, statement in (
+            (DELETE_TRIGGER, delete_trigger(on)),
+            (TRUNCATE_TRIGGER, truncate_trigger(on)),
+        ):
+            triggers.append(Trigger(trigger_name, part_schema, part, statement.as_string(conn)))
+    return triggers
 
 
-def _installed(conn: psycopg.Connection, schema: str, table: str) -> dict[str, tuple[str, str]]:
-    """Our triggers on the table: name -> (tgenabled, comment)."""
+def partition_tree(
+    conn: psycopg.Connection, schema: str, table: str
+) -> list[tuple[str, str, tuple[str, str] | None, bool]]:
+    """The table and every partition below it, parents first: (schema, name, its parent's
+    (schema, name) or None for the table, whether it is itself partitioned). A table that is
+    not partitioned is the one entry."""
     rows = conn.execute(
         """
-        SELECT t.tgname, t.tgenabled, coalesce(obj_description(t.oid, 'pg_trigger'), '')
+        SELECT n.nspname, c.relname, pn.nspname, pc.relname, c.relkind = 'p'
+        FROM pg_partition_tree(%s::regclass) AS tree
+        JOIN pg_class c ON c.oid = tree.relid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_class pc ON pc.oid = tree.parentrelid
+        LEFT JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+        ORDER BY tree.level, n.nspname, c.relname
+        """,
+        (sql.Identifier(schema, table).as_string(conn),),
+    ).fetchall()
+    if not rows:  # not partitioned (pg_partition_tree gives nothing for a plain table)
+        return [(schema, table, None, False)]
+    return [
+        (n, r, (pn, pr) if pr is not None else None, partitioned)
+        for n, r, pn, pr, partitioned in rows
+    ]
+
+
+def _installed(
+    conn: psycopg.Connection, triggers: list[Trigger]
+) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """Our triggers on the relations of `triggers`: (schema, relation, name) -> (tgenabled,
+    comment)."""
+    relations = sorted({(t.schema, t.relation) for t in triggers})
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, t.tgname, t.tgenabled,
+               coalesce(obj_description(t.oid, 'pg_trigger'), '')
         FROM pg_trigger t
         JOIN pg_class c ON c.oid = t.tgrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname = %s AND NOT t.tgisinternal
-          AND t.tgname LIKE 'vector\\_pipeline\\_%%'
+        JOIN unnest(%s::text[], %s::text[]) AS r(nspname, relname)
+          ON r.nspname = n.nspname AND r.relname = c.relname
+        WHERE NOT t.tgisinternal AND t.tgname LIKE 'vector\\_pipeline\\_%%'
         """,
-        (schema, table),
+        ([r[0] for r in relations], [r[1] for r in relations]),
     ).fetchall()
-    return {name: (enabled, comment) for name, enabled, comment in rows}
+    return {(n, r, name): (enabled, comment) for n, r, name, enabled, comment in rows}
 
 
-def ensure_triggers(
-    conn: psycopg.Connection, schema: str, table: TableConfig, triggers: list[Trigger]
-) -> list[str]:
-    """Create or replace the triggers whose fingerprint differs; return their names."""
-    installed = _installed(conn, schema, table.table)
+def ensure_triggers(conn: psycopg.Connection, triggers: list[Trigger]) -> list[str]:
+    """Create or replace the triggers whose fingerprint differs; return them, as
+    `name` (on the table) or `name on partition`."""
+    installed = _installed(conn, triggers)
     replaced = []
     for trigger in triggers:
-        enabled, comment = installed.get(trigger.name, ("", ""))
+        enabled, comment = installed.get((trigger.schema, trigger.relation, trigger.name), ("", ""))
         if enabled in _FIRING and comment == trigger.fingerprint:
             continue  # already right: no lock taken on the table
         conn.execute(trigger.statement)
         conn.execute(
             sql.SQL("COMMENT ON TRIGGER {} ON {} IS {}").format(
                 sql.Identifier(trigger.name),
-                sql.Identifier(schema, table.table),
+                sql.Identifier(trigger.schema, trigger.relation),
                 sql.Literal(trigger.fingerprint),
             )
         )
-        replaced.append(trigger.name)
+        replaced.append(_where(trigger, triggers[0]))
     return replaced
 
 
-def trigger_problems(
-    conn: psycopg.Connection, schema: str, table: TableConfig, triggers: list[Trigger]
-) -> list[str]:
+def trigger_problems(conn: psycopg.Connection, triggers: list[Trigger]) -> list[str]:
     """What is wrong with the table's triggers (empty: nothing), one phrase each."""
-    installed = _installed(conn, schema, table.table)
+    installed = _installed(conn, triggers)
     problems = []
     for trigger in triggers:
-        found = installed.get(trigger.name)
+        found = installed.get((trigger.schema, trigger.relation, trigger.name))
+        where = _where(trigger, triggers[0])
         if found is None:
-            problems.append(f"trigger {trigger.name} is missing")
+            problems.append(f"trigger {where} is missing")
         elif found[0] not in _FIRING:
-            problems.append(f"trigger {trigger.name} is disabled")
+            problems.append(f"trigger {where} is disabled")
         elif found[1] != trigger.fingerprint:
-            problems.append(f"trigger {trigger.name} does not match config/tables.yaml")
+            problems.append(f"trigger {where} does not match config/tables.yaml")
     return problems
+
+
+def _where(trigger: Trigger, first: Trigger) -> str:
+    """The trigger's name, with its partition when it is not on the table itself."""
+    if (trigger.schema, trigger.relation) == (first.schema, first.relation):
+        return trigger.name
+    return f"{trigger.name} on partition {trigger.schema}.{trigger.relation}"
