@@ -35,7 +35,7 @@ from vector_pipeline.database_setup import (
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import apply_key_settings
 from vector_pipeline.store_state import STORE_TABLE
-from vector_pipeline.triggers import table_triggers, trigger_problems
+from vector_pipeline.triggers import ordering_problems, table_triggers, trigger_problems
 
 VERSION = "__vector_pipeline_version"
 MARK_CHUNK = 1000  # keys per UPDATE when marking rows pending
@@ -127,7 +127,9 @@ class SourceTable:
         """What is wrong with the triggers the table's marks rely on (triggers.py); empty when
         nothing is. One catalog query."""
         triggers = table_triggers(self.conn, self.schema, self.state_schema, self.config, self.key)
-        return trigger_problems(self.conn, triggers)
+        return trigger_problems(self.conn, triggers) + ordering_problems(
+            self.conn, self.schema, self.config.table
+        )
 
     def check_triggers(self) -> None:
         """Raise SetupError, naming init-db, if the table's triggers are missing, disabled or
@@ -135,9 +137,10 @@ class SourceTable:
         problems = self.trigger_problems()
         if problems:
             raise SetupError(
-                f"{self.schema}.{self.config.table}: {'; '.join(problems)} (dropped with a "
-                "column by DROP ... CASCADE, disabled, or text_template or primary_key changed "
-                "since init-db); run `vector-pipeline init-db`"
+                f"{self.schema}.{self.config.table}: {'; '.join(problems)} (a trigger is "
+                "dropped with a column by DROP ... CASCADE; text_template, primary_key or the "
+                "table's own triggers may have changed since init-db); fix that and run "
+                "`vector-pipeline init-db`"
             )
 
     def _waiting(self, collection: str) -> sql.Composable:

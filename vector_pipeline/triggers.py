@@ -44,10 +44,24 @@ KEY_CHANGE_FUNCTION = "vector_pipeline_record_key_change"
 KEY_CHANGE_TRIGGER = "vector_pipeline_record_key_change"
 INSERT_FUNCTION = "vector_pipeline_distrust_marks"
 INSERT_TRIGGER = "vector_pipeline_distrust_marks"
+# A logical-replication subscriber applies deletes firing row triggers only, never statement
+# triggers: this row trigger, enabled for replica sessions alone, writes their tombstones.
+REPLICATED_DELETE_TRIGGER = "vector_pipeline_record_replicated_delete"
 _COMMENT_PREFIX = "vector_pipeline "
-# pg_trigger.tgenabled values under which a trigger fires in ordinary sessions: O (origin, the
-# default) and A (always, replication sessions included). D is disabled; R fires only in them.
-_FIRING = ("O", "A")
+# How each trigger is enabled. A logical-replication apply worker runs as a replica session,
+# where ordinary (O) triggers do not fire: the row triggers and TRUNCATE's fire ALWAYS (A), so
+# changes a subscriber applies are seen like any other; the statement-level DELETE trigger,
+# which an apply worker never fires, is doubled there by a row trigger fired only in replica
+# sessions (R).
+_ENABLE = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}
+_MODES = {
+    RESET_TRIGGER: "A",
+    KEY_CHANGE_TRIGGER: "A",
+    INSERT_TRIGGER: "A",
+    TRUNCATE_TRIGGER: "A",
+    DELETE_TRIGGER: "O",
+    REPLICATED_DELETE_TRIGGER: "R",
+}
 
 
 @dataclass(frozen=True)
@@ -55,7 +69,8 @@ class Trigger:
     name: str
     schema: str  # of the relation it is on: the table, or one of its partitions
     relation: str
-    statement: str  # CREATE OR REPLACE TRIGGER ..., as sent
+    enabled: str  # pg_trigger.tgenabled it must have: O (ordinary sessions), A (always), R
+    statement: str  # CREATE OR REPLACE TRIGGER ...; ALTER TABLE ... ENABLE ..., as sent
 
     @property
     def fingerprint(self) -> str:
@@ -153,13 +168,22 @@ def table_triggers(
 ) -> list[Trigger]:
     """The triggers `table` needs, as the statements that create them."""
     relation = sql.Identifier(schema, table.table)
-    key_columns = [sql.Identifier(name) for name in table.primary_key]
+    facts = table_facts(conn, schema, table.table)
+    key_columns = [sql.Identifier(name) for name in facts.bases(table.primary_key)]
     # `UPDATE OF` limits the reset to statements naming a text or key column; WHEN to real
     # changes. A new key is a new row as far as Qdrant knows. Comparing the text forms works
-    # for every column type, including ones without an equality operator.
+    # for every column type, including ones without an equality operator. A generated column
+    # is watched through the columns it is computed from (a BEFORE trigger cannot see its new
+    # value). When the table has BEFORE UPDATE triggers of its own, which may set a template
+    # column the statement never named, every UPDATE is watched.
     watched = [
-        sql.Identifier(name) for name in dict.fromkeys((*table.text_columns, *table.primary_key))
+        sql.Identifier(name) for name in facts.bases((*table.text_columns, *table.primary_key))
     ]
+    update_of = (
+        sql.SQL("UPDATE")
+        if facts.before_update
+        else sql.SQL("UPDATE OF {}").format(sql.SQL(", ").join(watched))
+    )
     name = sql.Literal(table.name)
     key_text = sql.Literal(layout.text("gone").as_string(conn))
 
@@ -191,12 +215,12 @@ def table_triggers(
 
     statements = {
         RESET_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OF {columns} ON {relation} "
+            "CREATE OR REPLACE TRIGGER {trigger} BEFORE {update_of} ON {relation} "
             "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
             "EXECUTE FUNCTION {function}()"
         ).format(
             trigger=sql.Identifier(RESET_TRIGGER),
-            columns=sql.SQL(", ").join(watched),
+            update_of=update_of,
             relation=relation,
             old=sql.SQL(", ").join(_as_printed("OLD", c) for c in watched),
             new=sql.SQL(", ").join(_as_printed("NEW", c) for c in watched),
@@ -227,10 +251,21 @@ def table_triggers(
             embedded_in=sql.Identifier(EMBEDDED_IN),
             function=sql.Identifier(state_schema, INSERT_FUNCTION),
         ),
+        # The key-change function writes a tombstone for OLD, which is what a deleted row needs.
+        REPLICATED_DELETE_TRIGGER: sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER DELETE ON {relation} FOR EACH ROW "
+            "EXECUTE FUNCTION {function}({name}, {key_text})"
+        ).format(
+            trigger=sql.Identifier(REPLICATED_DELETE_TRIGGER),
+            relation=relation,
+            function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
+            name=name,
+            key_text=key_text,
+        ),
     }
     triggers = [
-        Trigger(name, schema, table.table, statement.as_string(conn))
-        for name, statement in statements.items()
+        _trigger(conn, trigger_name, schema, table.table, statement)
+        for trigger_name, statement in statements.items()
     ]
     # Row triggers on a partitioned table are cloned onto every partition, present and future;
     # statement triggers are not, and a DELETE or TRUNCATE aimed at one partition fires only
@@ -244,8 +279,79 @@ def table_triggers(
             (DELETE_TRIGGER, delete_trigger(on)),
             (TRUNCATE_TRIGGER, truncate_trigger(on)),
         ):
-            triggers.append(Trigger(trigger_name, part_schema, part, statement.as_string(conn)))
+            triggers.append(_trigger(conn, trigger_name, part_schema, part, statement))
     return triggers
+
+
+def _trigger(
+    conn: psycopg.Connection, name: str, schema: str, relation: str, create: sql.Composable
+) -> Trigger:
+    """The trigger with its statement: the CREATE, then the ENABLE that sets when it fires."""
+    mode = _MODES[name]
+    enable = sql.SQL("ALTER TABLE {} {} TRIGGER {}").format(
+        sql.Identifier(schema, relation), sql.SQL(_ENABLE[mode]), sql.Identifier(name)
+    )
+    statement = f"{create.as_string(conn)}; {enable.as_string(conn)}"
+    return Trigger(name, schema, relation, mode, statement)
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """What the catalog says that changes how a table's changes must be watched."""
+
+    generated: dict[str, tuple[str, ...]]  # stored generated column -> the columns it reads
+    before_update: tuple[str, ...]  # the table's own BEFORE UPDATE row triggers, by name
+
+    def bases(self, columns: tuple[str, ...] | list[str]) -> list[str]:
+        """`columns` with each generated column replaced by the columns it is computed from."""
+        out: list[str] = []
+        for column in columns:
+            out.extend(self.generated.get(column, (column,)))
+        return list(dict.fromkeys(out))
+
+
+def table_facts(conn: psycopg.Connection, schema: str, table: str) -> TableFacts:
+    relation = sql.Identifier(schema, table).as_string(conn)
+    generated = conn.execute(
+        """
+        SELECT a.attname, array_agg(ref.attname::text ORDER BY ref.attnum)
+        FROM pg_attribute a
+        JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+             AND dep.refobjid = a.attrelid AND dep.refobjsubid > 0
+             AND dep.refobjsubid <> a.attnum
+        JOIN pg_attribute ref ON ref.attrelid = a.attrelid AND ref.attnum = dep.refobjsubid
+        WHERE a.attrelid = %s::regclass AND a.attgenerated = 's'
+        GROUP BY a.attname
+        """,
+        (relation,),
+    ).fetchall()
+    # tgtype bits: 1 row-level, 2 BEFORE, 16 UPDATE.
+    before_update = conn.execute(
+        """
+        SELECT tgname FROM pg_trigger
+        WHERE tgrelid = %s::regclass AND NOT tgisinternal AND tgenabled <> 'D'
+          AND tgtype & 19 = 19 AND tgname NOT LIKE 'vector\\_pipeline\\_%%'
+        ORDER BY tgname
+        """,
+        (relation,),
+    ).fetchall()
+    return TableFacts(
+        generated={name: tuple(bases) for name, bases in generated},
+        before_update=tuple(name for (name,) in before_update),
+    )
+
+
+def ordering_problems(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    """BEFORE UPDATE triggers of the table's own that run after the reset trigger (triggers of
+    one event run in name order): a template column they set would not be seen."""
+    return [
+        f"trigger {name} runs after {RESET_TRIGGER} (BEFORE triggers run in name order), so "
+        "a text column it sets would not reset the row: rename it to sort before "
+        f"{RESET_TRIGGER!r}"
+        for name in table_facts(conn, schema, table).before_update
+        if name.encode() > RESET_TRIGGER.encode()
+    ]
 
 
 def partition_tree(
@@ -303,7 +409,7 @@ def ensure_triggers(conn: psycopg.Connection, triggers: list[Trigger]) -> list[s
     replaced = []
     for trigger in triggers:
         enabled, comment = installed.get((trigger.schema, trigger.relation, trigger.name), ("", ""))
-        if enabled in _FIRING and comment == trigger.fingerprint:
+        if enabled == trigger.enabled and comment == trigger.fingerprint:
             continue  # already right: no lock taken on the table
         conn.execute(trigger.statement)
         conn.execute(
@@ -326,8 +432,13 @@ def trigger_problems(conn: psycopg.Connection, triggers: list[Trigger]) -> list[
         where = _where(trigger, triggers[0])
         if found is None:
             problems.append(f"trigger {where} is missing")
-        elif found[0] not in _FIRING:
+        elif found[0] == "D":
             problems.append(f"trigger {where} is disabled")
+        elif found[0] != trigger.enabled:
+            problems.append(
+                f"trigger {where} is enabled {_ENABLE[found[0]].lower()}, not "
+                f"{_ENABLE[trigger.enabled].lower()}"
+            )
         elif found[1] != trigger.fingerprint:
             problems.append(f"trigger {where} does not match config/tables.yaml")
     return problems

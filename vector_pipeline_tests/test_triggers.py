@@ -126,3 +126,87 @@ def result_point(row_id: int) -> str:
     from vector_pipeline.points import point_id
 
     return point_id("DOC", str(row_id), COLLECTION)
+
+
+# --- writers the reset trigger does not see by column name ----------------------------------
+
+
+def _search_text_project(tmp_path, schema, conn) -> ProjectConfig:
+    return _config(tmp_path, schema, "{search_text}", "search_text")
+
+
+def _content(qdrant, row_id: int) -> str:
+    (point,) = qdrant.retrieve(COLLECTION, [result_point(row_id)], with_payload=True)
+    return point.payload["content"]
+
+
+def test_a_template_column_set_by_the_applications_own_trigger(
+    project, conn, qdrant, schema, tmp_path
+):
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN search_text text").format(doc))
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                NEW.search_text := NEW.title || ' | ' || NEW.body;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER set_search_text BEFORE INSERT OR UPDATE ON {doc}
+            FOR EACH ROW EXECUTE FUNCTION {function}();
+            UPDATE {doc} SET title = title;
+            """
+        ).format(function=sql.Identifier(schema, "set_search_text"), doc=doc)
+    )
+    config = _search_text_project(tmp_path, schema, conn)
+    setup_database(conn, config)
+    sync_model(config, conn, qdrant)
+    assert _content(qdrant, 4) == "Title 4 | Body of document 4 about topic 4"
+
+    # The statement names only `body`; the application's trigger rewrites `search_text`.
+    conn.execute(sql.SQL("UPDATE {} SET body = 'rewritten' WHERE id = 4").format(doc))
+    assert sync_model(config, conn, qdrant).embedded == 1
+    assert _content(qdrant, 4) == "Title 4 | rewritten"
+
+
+def test_an_application_trigger_added_later_or_running_after_ours_stops_the_sync(
+    project, conn, qdrant, schema
+):
+    doc = sql.Identifier(schema, "doc")
+    sync_model(project, conn, qdrant)
+    conn.execute(
+        sql.SQL(
+            """
+            CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RETURN NEW; END $$;
+            CREATE TRIGGER zz_touch BEFORE UPDATE ON {doc}
+            FOR EACH ROW EXECUTE FUNCTION {function}();
+            """
+        ).format(function=sql.Identifier(schema, "touch"), doc=doc)
+    )
+    with pytest.raises(SetupError) as refused:
+        sync_model(project, conn, qdrant)
+    message = str(refused.value)
+    # The reset trigger must now watch every UPDATE, and zz_touch runs after it.
+    assert "vector_pipeline_reset_embedded_in does not match" in message
+    assert "trigger zz_touch runs after vector_pipeline_reset_embedded_in" in message
+    conn.execute(sql.SQL("ALTER TRIGGER zz_touch ON {} RENAME TO aa_touch").format(doc))
+    setup_database(conn, project)
+    assert sync_model(project, conn, qdrant).embedded == 0
+
+
+def test_a_stored_generated_column_in_the_template(project, conn, qdrant, schema, tmp_path):
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(
+        sql.SQL(
+            "ALTER TABLE {} ADD COLUMN search_text text "
+            "GENERATED ALWAYS AS (title || ' | ' || body) STORED"
+        ).format(doc)
+    )
+    config = _search_text_project(tmp_path, schema, conn)
+    setup_database(conn, config)  # used to fail: a WHEN cannot read NEW of a generated column
+    sync_model(config, conn, qdrant)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'regenerated' WHERE id = 6").format(doc))
+    assert sync_model(config, conn, qdrant).embedded == 1
+    assert _content(qdrant, 6) == "Title 6 | regenerated"
