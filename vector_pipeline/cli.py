@@ -108,7 +108,9 @@ def main(ctx: click.Context, config_dir: str | None) -> None:
 def init_db(state: _State) -> None:
     """Add embedded_in columns and reset triggers, and create embedding_session (idempotent)."""
     with _database() as conn:
-        for line in setup_database(conn, state.config):
+        for line in setup_database(
+            conn, state.config, on_wait=lambda message: click.echo(message, err=True)
+        ):
             click.echo(line)
     click.echo("database ready")
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -169,41 +171,133 @@ def key_layout(table: TableConfig, columns: dict[str, ColumnInfo]) -> KeyLayout:
     return KeyLayout(table.primary_key, tuple(columns[name].type for name in table.primary_key))
 
 
-def setup_database(conn: psycopg.Connection, config: ProjectConfig) -> list[str]:
+# init-db on a live database: each DDL step waits at most this long for a lock before it lets
+# go (so the application's writers never queue behind it for longer), says who holds the lock,
+# and tries again, for at most MAX_LOCK_WAIT_SECONDS in all.
+LOCK_TIMEOUT_SECONDS = 2.0
+MAX_LOCK_WAIT_SECONDS = 300.0
+
+
+def setup_database(
+    conn: psycopg.Connection,
+    config: ProjectConfig,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+    lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+    max_wait: float = MAX_LOCK_WAIT_SECONDS,
+) -> list[str]:
     """Bring the database in line with the config; return what was done, one line each.
+
+    Every table is checked before anything changes. Then the pipeline's own tables and
+    functions, then each table in a short transaction of its own; a step that needs a lock
+    another transaction holds waits at most `lock_timeout` seconds, tells `on_wait` who holds
+    it, and retries for up to `max_wait` seconds before SetupError. Only what differs from the
+    configuration is changed, so on a database that is right nothing is locked at all.
 
     `conn` must be in autocommit mode: the pending-row indexes are built CONCURRENTLY, which
     keeps the table writable while they build and cannot run inside a transaction.
     """
     tables = config.tables
+    state_schema = tables.schema_
+    retrying = _Retrying(conn, on_wait or (lambda _message: None), lock_timeout, max_wait)
+    columns = {t.name: check_table(conn, tables.schema_for(t), t) for t in tables.tables}
     done: list[str] = []
-    layouts: dict[str, KeyLayout] = {}
-    with conn.transaction():
-        for table in tables.tables:
-            schema = tables.schema_for(table)
-            columns = check_table(conn, schema, table)
-            layouts[table.name] = key_layout(table, columns)
-            done.extend(_ensure_embedded_in(conn, schema, table, columns))
-        if _ensure_session_table(conn, tables.schema_):
-            done.append(f"created {tables.schema_}.{SESSION_TABLE}")
-        if _ensure_state_tables(conn, tables.schema_):
-            done.append(
-                f"created {tables.schema_}.{TOMBSTONE_TABLE}, {SKIP_TABLE}, {CLAIM_TABLE} and "
+
+    def own_objects() -> list[str]:
+        made = []
+        if _ensure_session_table(conn, state_schema):
+            made.append(f"created {state_schema}.{SESSION_TABLE}")
+        if _ensure_state_tables(conn, state_schema):
+            made.append(
+                f"created {state_schema}.{TOMBSTONE_TABLE}, {SKIP_TABLE}, {CLAIM_TABLE} and "
                 f"{STORE_TABLE}"
             )
-        ensure_functions(conn, {tables.schema_for(t) for t in tables.tables}, tables.schema_)
-        for table in tables.tables:
-            schema = tables.schema_for(table)
-            triggers = table_triggers(conn, schema, tables.schema_, table, layouts[table.name])
+        ensure_functions(conn, {tables.schema_for(t) for t in tables.tables}, state_schema)
+        return made
+
+    done.extend(retrying.run(f"the pipeline's own tables in {state_schema}", None, own_objects))
+    for table in tables.tables:
+        schema = tables.schema_for(table)
+
+        def table_objects(table: TableConfig = table, schema: str = schema) -> list[str]:
+            made = _ensure_embedded_in(conn, schema, table, columns[table.name])
+            layout = key_layout(table, columns[table.name])
+            triggers = table_triggers(conn, schema, state_schema, table, layout)
             replaced = ensure_triggers(conn, triggers)
             if replaced:
-                done.append(f"triggers on {schema}.{table.table}: installed {', '.join(replaced)}")
+                made.append(f"triggers on {schema}.{table.table}: installed {', '.join(replaced)}")
+            return made
+
+        done.extend(retrying.run(f"{schema}.{table.table}", (schema, table.table), table_objects))
     for table in tables.tables:
         for model in config.embeddings.models.values():
             collection = collection_name_for(table.collection_base, model.id)
             if _ensure_pending_index(conn, tables.schema_for(table), table, collection):
                 done.append(f"indexed pending rows of {table.table} for {collection}")
     return done
+
+
+class _Retrying:
+    """Runs a DDL step in a transaction with a short lock timeout, again and again while
+    another transaction holds a lock it needs, saying who."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        on_wait: Callable[[str], None],
+        lock_timeout: float,
+        max_wait: float,
+    ) -> None:
+        self.conn, self.on_wait = conn, on_wait
+        self.lock_timeout, self.max_wait = lock_timeout, max_wait
+
+    def run(
+        self, what: str, relation: tuple[str, str] | None, step: Callable[[], list[str]]
+    ) -> list[str]:
+        started = time.monotonic()
+        while True:
+            try:
+                with self.conn.transaction():
+                    self.conn.execute(
+                        "SELECT set_config('lock_timeout', %s, true)",
+                        (f"{max(1, round(self.lock_timeout * 1000))}ms",),
+                    )
+                    return step()
+            except psycopg.errors.LockNotAvailable:
+                waited = time.monotonic() - started
+                holders = _lock_holders(self.conn, relation)
+                if waited >= self.max_wait:
+                    raise SetupError(
+                        f"init-db gave up after {waited:.0f} s waiting for a lock on {what} "
+                        f"held by {holders}; end that transaction and run init-db again"
+                    ) from None
+                self.on_wait(
+                    f"waiting for a lock on {what} held by {holders} ({waited:.0f} s so far; "
+                    f"giving up after {self.max_wait:.0f} s)"
+                )
+
+
+def _lock_holders(conn: psycopg.Connection, relation: tuple[str, str] | None) -> str:
+    """Who holds locks on `relation` (or, for None, who is in a transaction): pids with their
+    state and application, never their query text (it may hold anything)."""
+    condition = "l.relation = %s::regclass" if relation else "l.locktype = 'relation'"
+    params = (sql.Identifier(*relation).as_string(conn),) if relation else ()
+    rows = conn.execute(
+        "SELECT DISTINCT a.pid, a.state, a.application_name, "
+        "extract(epoch FROM now() - a.xact_start)::int "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        f"WHERE {condition} AND l.granted AND l.pid <> pg_backend_pid() ORDER BY a.pid",
+        params,
+    ).fetchall()
+    if not rows:
+        return "another transaction (gone by now)"
+    return ", ".join(
+        f"pid {pid} ({state or 'unknown'}"
+        + (f", {application}" if application else "")
+        + (f", in a transaction for {age} s" if age is not None else "")
+        + ")"
+        for pid, state, application, age in rows[:5]
+    )
 
 
 def _ensure_pending_index(

@@ -210,3 +210,42 @@ def test_a_stored_generated_column_in_the_template(project, conn, qdrant, schema
     conn.execute(sql.SQL("UPDATE {} SET body = 'regenerated' WHERE id = 6").format(doc))
     assert sync_model(config, conn, qdrant).embedded == 1
     assert _content(qdrant, 6) == "Title 6 | regenerated"
+
+
+def test_init_db_waits_briefly_says_for_whom_and_retries(
+    project, conn, schema, database_url, tmp_path
+):
+    """A trigger that must change needs a table lock: init-db asks for it with a short lock
+    timeout, names the transaction in the way, and tries again, so the application's writers
+    are never stuck behind it for long; it succeeds once the transaction ends."""
+    doc = sql.Identifier(schema, "doc")
+    changed = _config(tmp_path, schema, "{title} {category}", "changed")
+    waits: list[str] = []
+    with psycopg.connect(database_url, application_name="long-report") as app:
+        app.execute(sql.SQL("UPDATE {} SET views = views + 1 WHERE id = 1").format(doc))
+
+        def end_the_transaction_on_second_wait(message: str) -> None:
+            waits.append(message)
+            if len(waits) == 2:
+                app.rollback()
+
+        done = setup_database(
+            conn, changed, on_wait=end_the_transaction_on_second_wait, lock_timeout=0.1
+        )
+    assert len(waits) == 2
+    assert waits[0].startswith(f"waiting for a lock on {schema}.doc held by pid ")
+    assert "long-report" in waits[0] and "idle in transaction" in waits[0]
+    assert any("installed vector_pipeline_reset_embedded_in" in line for line in done)
+
+
+def test_init_db_gives_up_with_the_holder_named(project, conn, schema, database_url, tmp_path):
+    doc = sql.Identifier(schema, "doc")
+    changed = _config(tmp_path, schema, "{title} {category}", "changed")
+    with psycopg.connect(database_url, application_name="never-ends") as app:
+        app.execute(sql.SQL("UPDATE {} SET views = views + 1 WHERE id = 1").format(doc))
+        with pytest.raises(SetupError) as refused:
+            setup_database(conn, changed, lock_timeout=0.05, max_wait=0.2)
+        app.rollback()
+    message = str(refused.value)
+    assert f"gave up after 0 s waiting for a lock on {schema}.doc held by pid" in message
+    assert "never-ends" in message and "\n" not in message
