@@ -232,8 +232,14 @@ class Workspace:
 
     # -- config ----------------------------------------------------------------------------
 
-    def project(self, table: str, models: dict[str, dict[str, Any]]) -> ProjectConfig:
-        """Write a config folder for one table (asset `table`) and `models`, and load it.
+    def project(
+        self,
+        table: str,
+        models: dict[str, dict[str, Any]],
+        template: str = "TITLE: {title}\\nCONTENT: {body}",
+    ) -> ProjectConfig:
+        """Write a config folder for one table (asset `table`) and `models`, and load it
+        (`template`: the text_template as written in YAML's double quotes).
 
         The table's collections are `{table}_{model id}_hybrid`; init-db is applied, which
         builds one partial index of pending rows per model.
@@ -253,7 +259,7 @@ class Workspace:
                   {table}:
                     data_type: DOC
                     primary_key: id
-                    text_template: "TITLE: {{title}}\\nCONTENT: {{body}}"
+                    text_template: "{template}"
                     payload_columns: [title, category]
                     name_column: title
                 """

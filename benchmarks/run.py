@@ -43,7 +43,7 @@ from benchmarks.common import (
 )
 from benchmarks.fake_api import FakeApiProcess
 
-PARTS = "abcdefg"
+PARTS = "abcdefgh"
 TITLES = {
     "a": "End-to-end throughput against the reference design's row-at-a-time loop",
     "b": "Efficiency against the pipeline's own limit (each stage alone)",
@@ -52,6 +52,7 @@ TITLES = {
     "e": "API-bound throughput with N requests in flight",
     "f": "Incremental cost after editing 1% of the rows",
     "g": "Scale-out: 1, 2 and 4 workers sharing one table and model",
+    "h": "A text_template change: only changed texts are embedded; O(1) detection",
 }
 
 
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 "e": lambda: parts.part_e(ws, sizes, api),
                 "f": lambda: parts.part_f(ws, sizes),
                 "g": lambda: parts.part_g(ws, sizes, api),
+                "h": lambda: parts.part_h(ws, sizes),
             }
             for part in selected:
                 log(f"({part}) {TITLES[part]} ...")

@@ -232,7 +232,8 @@ def repair(
                     click.echo(
                         f"{table.name} -> {collection}: {report.rows} rows, {report.points} "
                         f"points; missing {report.missing_count}, orphan "
-                        f"{report.orphan_count}, stale {report.stale_count}"
+                        f"{report.orphan_count}, stale {report.stale_count}, payload drift "
+                        f"{report.payload_drift_count}"
                     )
                     differs = differs or not report.ok
                     if dry_run or report.ok:
@@ -248,6 +249,7 @@ def repair(
                     )
                     click.echo(
                         f"{table.name}: {fixed.marked_pending} rows made pending, "
+                        f"{fixed.payloads_refreshed} payloads rewritten, "
                         f"{fixed.orphans_deleted} orphan points deleted"
                         + (
                             f", {fixed.orphans_kept} kept (their row exists again)"

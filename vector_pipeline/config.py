@@ -260,6 +260,12 @@ class TableConfig(_Strict):
         return hashlib.md5(f"{RENDERING_VERSION}\0{self.text_template}".encode()).hexdigest()
 
     @property
+    def payload_columns_and_name(self) -> tuple[str, ...]:
+        """The columns a point's payload (meta_data and name) shows besides its text."""
+        named = (self.name_column,) if self.name_column else ()
+        return tuple(dict.fromkeys((*self.payload_columns, *named)))
+
+    @property
     def row_columns(self) -> tuple[str, ...]:
         """The columns a sync reads for a row's text, payload and name, each once. The key
         travels as its key text (points.py), so key columns are read only if used here."""

@@ -512,6 +512,7 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
                 row_key     jsonb,                          -- before key texts; unused
                 key_text    text,                           -- points.py; NULL for a TRUNCATE
                 truncated   boolean NOT NULL DEFAULT false,
+                refresh     boolean NOT NULL DEFAULT false, -- row kept; its payload changed
                 cleaned     jsonb NOT NULL DEFAULT '[]',    -- collections already cleaned
                 deleted_at  timestamptz NOT NULL DEFAULT now()
             );
@@ -540,10 +541,17 @@ def _ensure_state_tables(conn: psycopg.Connection, schema: str) -> bool:
             claims=sql.Identifier(schema, CLAIM_TABLE),
         )
     )
-    if "key_text" not in table_columns(conn, schema, TOMBSTONE_TABLE):  # made before key texts
-        conn.execute(
-            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS key_text text").format(tombstones)
-        )
+    made_before = table_columns(conn, schema, TOMBSTONE_TABLE)
+    for column, definition in (
+        ("key_text", "text"),
+        ("refresh", "boolean NOT NULL DEFAULT false"),
+    ):
+        if column not in made_before:
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    tombstones, sql.Identifier(column), sql.SQL(definition)
+                )
+            )
     index = f"{TOMBSTONE_TABLE}_table_idx"
     if not _exists(conn, schema, index):
         conn.execute(

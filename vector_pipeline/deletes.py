@@ -1,4 +1,5 @@
-"""Deletes: drain the tombstones that DELETE and TRUNCATE triggers leave, from every collection.
+"""Deletes: drain the tombstones that DELETE and TRUNCATE triggers leave, from every collection
+(and the payload refreshes queued beside them, see payloads.py).
 
 Each tombstone remembers which collections it has been cleaned from. A sync of a table cleans
 its own collection and every other collection of that table that `repair` is not working on.
@@ -23,6 +24,7 @@ from qdrant_client import QdrantClient
 from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import TOMBSTONE_TABLE
 from vector_pipeline.failpoints import failpoint
+from vector_pipeline.payloads import refresh_payloads
 from vector_pipeline.points import key_text_of_row_id, point_id, scroll_table_points
 from vector_pipeline.source import SourceTable
 from vector_pipeline.store_state import StoreState
@@ -119,7 +121,7 @@ def _clean_collection(
         # integer and text keys of those days its text is the key text.
         page = conn.execute(
             sql.SQL(
-                "SELECT id, coalesce(key_text, row_key #>> '{{}}'), truncated FROM {} "
+                "SELECT id, coalesce(key_text, row_key #>> '{{}}'), truncated, refresh FROM {} "
                 "WHERE table_name = %s AND NOT cleaned @> %s::jsonb AND id > %s "
                 "ORDER BY id LIMIT %s"
             ).format(tombstones),
@@ -128,28 +130,31 @@ def _clean_collection(
         if not page:
             return applied
         after = page[-1][0]
+        gone = [(id_, key, truncated) for id_, key, truncated, refresh in page if not refresh]
+        refreshed = [key for _, key, _, refresh in page if refresh and key is not None]
         held: set[str] = set()
         if exists:
-            if any(truncated for _, _, truncated in page):
+            if any(truncated for _, _, truncated in gone):
                 for points in scroll_table_points(
                     qdrant, collection, table.name, ["meta_data.row_id"]
                 ):
                     held |= delete_points_of_gone_rows(source, qdrant, collection, points)
             else:
-                keys = [key for _, key, _ in page if key is not None]
+                keys = [key for _, key, _ in gone if key is not None]
                 held = _delete_gone(
                     source,
                     qdrant,
                     collection,
                     {key: [point_id(table.data_type, key, collection)] for key in keys},
                 )
+            held |= refresh_payloads(source, qdrant, collection, refreshed)
         failpoint("after_tombstone_delete")
         # Recorded only after Qdrant applied the deletes: a crash in between redoes them. A
         # truncate with any key held by a worker waits for a later drain, as does that key.
         # A tombstone without a key names no point: it is done, and never blocks the drain.
         done = [
             id_
-            for id_, key, truncated in page
+            for id_, key, truncated, _ in page
             if not (held and truncated) and (key is None or key not in held)
         ]
         conn.execute(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -183,16 +184,19 @@ def point_payload(
     payload_values: dict[str, Any],
 ) -> dict[str, Any]:
     """The payload of a row's point (Agno's hybrid layout plus `meta_data` for the row)."""
+    top, shown = payload_fields(
+        data_type=data_type, key_text=key_text, name=name, payload_values=payload_values
+    )
     meta = {
         "table": table,
         "data_type": data_type,
         "row_id": row_id,
         # The model read only a prefix of `content`; readers can tell.
         "truncated": truncated,
-        **{column: json_safe(value) for column, value in payload_values.items()},
+        **shown,
     }
     return {
-        "name": str(name) if name is not None else f"{data_type}_{key_text}",
+        **top,
         "meta_data": meta,
         "content": text,
         "content_hash": content_hash(text),
@@ -200,6 +204,22 @@ def point_payload(
         "usage": None,
         "content_id": None,
     }
+
+
+def payload_fields(
+    *, data_type: str, key_text: str, name: Any, payload_values: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The payload a row's payload and name columns make: (top-level fields, `meta_data`
+    fields). What a payload refresh rewrites; the text, its hash and `truncated` stay."""
+    top = {"name": str(name) if name is not None else f"{data_type}_{key_text}"}
+    return top, {column: json_safe(value) for column, value in payload_values.items()}
+
+
+def payload_digest(top: dict[str, Any], meta_data: dict[str, Any], columns: Sequence[str]) -> bytes:
+    """16 bytes that change when the name or a payload column shown in `meta_data` changes
+    (a missing field counts as null: Qdrant may drop null fields on a partial update)."""
+    shown = {"name": top.get("name"), **{c: meta_data.get(c) for c in columns}}
+    return hashlib.md5(json.dumps(shown, sort_keys=True, default=str).encode()).digest()
 
 
 def table_filter(table: str) -> models.Filter:

@@ -9,18 +9,22 @@ rows marked embedded, `reconcile` finds three kinds of breakage:
 - stale: the point's `content_hash` is not the md5 of the row's current rendered text (or the
   row has no text at all, so a sync would skip it, yet a point remains);
 - orphan: a point of the table (`meta_data.table`) whose id is no current row's point id: left
-  by a deleted row, or written under another `data_type` or collection formula.
+  by a deleted row, or written under another `data_type` or collection formula;
+- payload drift: the point holds the row's text, but an old `name` or payload column (a change
+  the payload trigger did not get to Qdrant).
 
 `repair` marks the missing and stale rows pending again (it removes only this collection from
-`embedded_in`) and deletes the orphan points; a normal sync then re-embeds the rows.
+`embedded_in`), rewrites the payload of drifted points in place, and deletes the orphan points;
+a normal sync then re-embeds the rows.
 
 Keys are the canonical key texts of points.py; a report gives an integer key as a number.
 
-Memory. The table's points are scrolled first into a dict of point id -> content hash, both as
-16 raw bytes (about 150 bytes a point: ~150 MB for a million points; only `content_hash` is
-fetched, never vectors or texts). The rows are then streamed through a server-side cursor, a
-page of `FETCH_ROWS` at a time; each row's text is rendered, hashed and dropped, and its point is
-popped from the dict, so what is left at the end are the orphans. Reports hold exact counts and
+Memory. The table's points are scrolled first into a dict of point id -> (content hash, payload
+digest), each 16 raw bytes (about 200 bytes a point: ~200 MB for a million points; only the
+hash, the name and `meta_data` are fetched, never vectors or texts). The rows are then streamed
+through a server-side cursor, a page of `FETCH_ROWS` at a time; each row's text is rendered,
+hashed and dropped, and its point is popped from the dict, so what is left at the end are the
+orphans. Reports hold exact counts and
 at most `sample_limit` keys of each kind.
 
 Concurrency. Points are read before the rows' snapshot, so a row inserted or edited and synced
@@ -43,9 +47,12 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import pending_condition
+from vector_pipeline.payloads import refresh_payloads
 from vector_pipeline.points import (
     content_hash,
     key_text_of_row_id,
+    payload_digest,
+    payload_fields,
     point_id,
     scroll_table_points,
     stored_hash,
@@ -82,18 +89,23 @@ class ReconcileReport:
     missing: list[Any] = field(default_factory=list)
     stale: list[Any] = field(default_factory=list)
     orphans: list[str | int] = field(default_factory=list)
+    # Rows whose point holds their text but an old name or payload column (row keys).
+    payload_drift_count: int = 0
+    payload_drift: list[Any] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.missing_count == self.stale_count == self.orphan_count == 0
+        counts = (self.missing_count, self.stale_count, self.orphan_count)
+        return counts == (0, 0, 0) and self.payload_drift_count == 0
 
     @property
     def complete(self) -> bool:
         """Whether the lists hold every problem, not just samples."""
-        return (len(self.missing), len(self.stale), len(self.orphans)) == (
+        return (len(self.missing), len(self.stale), len(self.orphans), len(self.payload_drift)) == (
             self.missing_count,
             self.stale_count,
             self.orphan_count,
+            self.payload_drift_count,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,6 +117,7 @@ class RepairResult:
     table: str
     collection: str
     marked_pending: int  # missing and stale rows whose embedded_in lost the collection
+    payloads_refreshed: int  # rows whose point got their current name and payload columns
     orphans_deleted: int
     orphans_kept: int  # orphans whose row came back since the reconcile; their point stays
     rescanned: bool  # the report held samples only, so repair scanned again for every key
@@ -155,11 +168,14 @@ def repair(
     if rescanned:
         report = _scan(source, qdrant, collection, None)
     marked = source.mark_pending(collection, [str(key) for key in report.missing + report.stale])
+    drifted = [str(key) for key in report.payload_drift]
+    held = refresh_payloads(source, qdrant, collection, drifted) if drifted else set()
     deleted, kept = _delete_orphans(source, qdrant, collection, report)
     return RepairResult(
         table=table.name,
         collection=collection,
         marked_pending=marked,
+        payloads_refreshed=len(drifted) - len(held),
         orphans_deleted=deleted,
         orphans_kept=kept,
         rescanned=rescanned,
@@ -191,6 +207,7 @@ class _Candidate:
     key: str | int  # the row's key as reported (KeyLayout.row_id)
     point: PointKey
     digest: bytes | None  # md5 of the row's text; None: the row has no text, wants no point
+    payload: bytes | None = None  # points.payload_digest of the row's name and payload columns
 
 
 class _Checker:
@@ -201,10 +218,15 @@ class _Checker:
     """
 
     def __init__(
-        self, qdrant: QdrantClient, collection: str, exists: bool, missing: _Tally, stale: _Tally
+        self,
+        qdrant: QdrantClient,
+        table: TableConfig,
+        collection: str,
+        exists: bool,
+        tallies: tuple[_Tally, _Tally, _Tally],
     ) -> None:
-        self.qdrant, self.collection, self.exists = qdrant, collection, exists
-        self.missing, self.stale = missing, stale
+        self.qdrant, self.table, self.collection, self.exists = qdrant, table, collection, exists
+        self.missing, self.stale, self.drift = tallies
         self.pending: list[_Candidate] = []
 
     def add(self, candidate: _Candidate) -> None:
@@ -215,15 +237,15 @@ class _Checker:
     def flush(self) -> None:
         if not self.pending:
             return
-        current: dict[PointKey, bytes] = {}
+        current: dict[PointKey, _Stored] = {}
         if self.exists:
             records = self.qdrant.retrieve(
                 self.collection,
                 ids=[_point_id_text(c.point) for c in self.pending],
-                with_payload=["content_hash"],
+                with_payload=list(_PAYLOAD_READ),
                 with_vectors=False,
             )
-            current = {_point_key(r.id): _digest(r.payload) for r in records}
+            current = {_point_key(r.id): _stored(r.payload, self.table) for r in records}
         for candidate in self.pending:
             stored = current.get(candidate.point)
             if candidate.digest is None:
@@ -231,8 +253,10 @@ class _Checker:
                     self.stale.add(candidate.key)
             elif stored is None:
                 self.missing.add(candidate.key)
-            elif stored != candidate.digest:
+            elif stored[0] != candidate.digest:
                 self.stale.add(candidate.key)
+            elif stored[1] != candidate.payload:
+                self.drift.add(candidate.key)
         self.pending = []
 
 
@@ -244,8 +268,8 @@ def _scan(
     points = _read_points(qdrant, table, collection) if exists else {}
     point_count = len(points)
 
-    missing, stale, orphans = _Tally(limit), _Tally(limit), _Tally(limit)
-    checker = _Checker(qdrant, collection, exists, missing, stale)
+    missing, stale, orphans, drift = (_Tally(limit) for _ in range(4))
+    checker = _Checker(qdrant, table, collection, exists, (missing, stale, drift))
     rows = embedded = 0
     for key, values, is_embedded in _stream_rows(source, collection):
         rows += 1
@@ -262,8 +286,15 @@ def _scan(
                 checker.add(_Candidate(row_id, point, None))
             continue
         digest = bytes.fromhex(content_hash(table.render_text(values)))
-        if stored != digest:
-            checker.add(_Candidate(row_id, point, digest))
+        top, shown = payload_fields(
+            data_type=table.data_type,
+            key_text=key,
+            name=values.get(table.name_column) if table.name_column else None,
+            payload_values={c: values[c] for c in table.payload_columns},
+        )
+        payload = payload_digest(top, shown, table.payload_columns)
+        if stored != (digest, payload):
+            checker.add(_Candidate(row_id, point, digest, payload))
     checker.flush()
     for point in points:
         orphans.add(_point_id_text(point) if isinstance(point, bytes) else point)
@@ -280,16 +311,34 @@ def _scan(
         missing=missing.sorted_samples(),
         stale=stale.sorted_samples(),
         orphans=orphans.sorted_samples(),
+        payload_drift_count=drift.count,
+        payload_drift=drift.sorted_samples(),
+    )
+
+
+# A stored point, as reconcile keeps it: its content hash and its payload digest.
+_Stored = tuple[bytes, bytes]
+_PAYLOAD_READ = ("content_hash", "name", "meta_data")
+
+
+def _stored(payload: dict[str, Any] | None, table: TableConfig) -> _Stored:
+    payload = payload or {}
+    meta = payload.get("meta_data")
+    return _digest(payload), payload_digest(
+        {"name": payload.get("name")},
+        meta if isinstance(meta, dict) else {},
+        table.payload_columns,
     )
 
 
 def _read_points(
     qdrant: QdrantClient, table: TableConfig, collection: str
-) -> dict[PointKey, bytes]:
-    """Point id -> content hash for every point of `table`, without vectors or texts."""
+) -> dict[PointKey, _Stored]:
+    """Point id -> (content hash, payload digest) for every point of `table`, without vectors
+    or texts (32 bytes a point)."""
     return {
-        _point_key(record.id): _digest(record.payload)
-        for page in scroll_table_points(qdrant, collection, table.name, ["content_hash"])
+        _point_key(record.id): _stored(record.payload, table)
+        for page in scroll_table_points(qdrant, collection, table.name, list(_PAYLOAD_READ))
         for record in page
     }
 
@@ -297,12 +346,13 @@ def _read_points(
 def _stream_rows(
     source: SourceTable, collection: str
 ) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(key text, text column values, embedded?) for every row, through a server-side cursor.
+    """(key text, text/payload/name column values, embedded?) for every row, through a
+    server-side cursor.
 
     One statement, so one consistent snapshot; rows come in storage order (no sort).
     """
     conn, table = source.conn, source.config
-    text_columns = table.text_columns
+    text_columns = table.row_columns
     query = sql.SQL("SELECT {key}, {texts}, NOT ({pending}) FROM {relation} AS t").format(
         key=source.key.text("t"),
         texts=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in text_columns),

@@ -450,6 +450,26 @@ class SourceTable:
                     continue
             return found
 
+    def payload_values(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The payload and name columns of the rows with exactly these key texts, by key text
+        (rows that are gone are left out)."""
+        columns = self.config.payload_columns_and_name
+        if not keys or not columns:
+            return {}
+        query = sql.SQL(
+            "SELECT v.k, {columns} FROM unnest(%s::text[]) AS v(k) "
+            "JOIN {relation} AS t ON {match} AND {key_text} = v.k"
+        ).format(
+            columns=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            relation=self._relation,
+            match=self.key.match("t", sql.SQL("v.k")),
+            key_text=self.key.text("t"),
+        )
+        return {
+            record[0]: dict(zip(columns, record[1:], strict=True))
+            for record in self.conn.execute(query, (list(keys),))
+        }
+
     def mark_pending(self, collection: str, keys: Sequence[str]) -> int:
         """Remove `collection` (only it) from `embedded_in` of the rows with these key texts;
         return how many rows changed. The reset trigger watches text and key columns only,

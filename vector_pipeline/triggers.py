@@ -11,7 +11,10 @@ Per table:
 - `vector_pipeline_record_key_change` (AFTER UPDATE OF the key columns, per row): a tombstone
   for the old key;
 - `vector_pipeline_distrust_marks` (BEFORE INSERT, per row): a row inserted with marks starts
-  pending (see README, "Guarantees").
+  pending (see README, "Guarantees");
+- `vector_pipeline_record_payload_change` (AFTER UPDATE OF the payload and name columns that
+  are not in the text, per row; only where there are such columns): a refresh entry in the
+  tombstone queue, so the next sync rewrites the point's payload without embedding it.
 
 Each trigger carries a comment with a fingerprint of the statement that created it. init-db
 replaces only a trigger whose fingerprint differs (so re-running it takes no lock on a table
@@ -44,6 +47,8 @@ KEY_CHANGE_FUNCTION = "vector_pipeline_record_key_change"
 KEY_CHANGE_TRIGGER = "vector_pipeline_record_key_change"
 INSERT_FUNCTION = "vector_pipeline_distrust_marks"
 INSERT_TRIGGER = "vector_pipeline_distrust_marks"
+PAYLOAD_FUNCTION = "vector_pipeline_record_payload_change"
+PAYLOAD_TRIGGER = "vector_pipeline_record_payload_change"
 # A logical-replication subscriber applies deletes firing row triggers only, never statement
 # triggers: this row trigger, enabled for replica sessions alone, writes their tombstones.
 REPLICATED_DELETE_TRIGGER = "vector_pipeline_record_replicated_delete"
@@ -61,6 +66,7 @@ _MODES = {
     TRUNCATE_TRIGGER: "A",
     DELETE_TRIGGER: "O",
     REPLICATED_DELETE_TRIGGER: "R",
+    PAYLOAD_TRIGGER: "A",
 }
 
 
@@ -130,6 +136,16 @@ def ensure_functions(conn: psycopg.Connection, schemas: set[str], state_schema: 
                 RETURN NEW;
             END
             $$;
+            CREATE OR REPLACE FUNCTION {payload_function}() RETURNS trigger LANGUAGE plpgsql
+            {settings} AS $$
+            BEGIN
+                -- Same text, other payload: the point stays, its payload is rewritten.
+                EXECUTE format('INSERT INTO %s (table_name, key_text, refresh) '
+                               'SELECT %L, %s, true FROM (SELECT ($1).*) AS gone',
+                               {tombstones_text}, TG_ARGV[0], TG_ARGV[1]) USING NEW;
+                RETURN NULL;
+            END
+            $$;
             CREATE OR REPLACE FUNCTION {truncate_function}() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
                 INSERT INTO {tombstones} (table_name, truncated) VALUES (TG_ARGV[0], true);
@@ -149,6 +165,7 @@ def ensure_functions(conn: psycopg.Connection, schemas: set[str], state_schema: 
         ).format(
             delete_function=sql.Identifier(state_schema, DELETE_FUNCTION),
             key_change_function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
+            payload_function=sql.Identifier(state_schema, PAYLOAD_FUNCTION),
             truncate_function=sql.Identifier(state_schema, TRUNCATE_FUNCTION),
             insert_function=sql.Identifier(state_schema, INSERT_FUNCTION),
             settings=settings,
@@ -176,9 +193,8 @@ def table_triggers(
     # is watched through the columns it is computed from (a BEFORE trigger cannot see its new
     # value). When the table has BEFORE UPDATE triggers of its own, which may set a template
     # column the statement never named, every UPDATE is watched.
-    watched = [
-        sql.Identifier(name) for name in facts.bases((*table.text_columns, *table.primary_key))
-    ]
+    watched_names = facts.bases((*table.text_columns, *table.primary_key))
+    watched = [sql.Identifier(name) for name in watched_names]
     update_of = (
         sql.SQL("UPDATE")
         if facts.before_update
@@ -263,6 +279,26 @@ def table_triggers(
             key_text=key_text,
         ),
     }
+    # Payload and name columns outside the text change no vector, only the payload.
+    in_text = set(watched_names)
+    payload_only = [
+        sql.Identifier(c) for c in facts.bases(table.payload_columns_and_name) if c not in in_text
+    ]
+    if payload_only:
+        statements[PAYLOAD_TRIGGER] = sql.SQL(
+            "CREATE OR REPLACE TRIGGER {trigger} AFTER UPDATE OF {columns} ON {relation} "
+            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
+            "EXECUTE FUNCTION {function}({name}, {key_text})"
+        ).format(
+            trigger=sql.Identifier(PAYLOAD_TRIGGER),
+            columns=sql.SQL(", ").join(payload_only),
+            relation=relation,
+            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in payload_only),
+            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in payload_only),
+            function=sql.Identifier(state_schema, PAYLOAD_FUNCTION),
+            name=name,
+            key_text=key_text,
+        )
     triggers = [
         _trigger(conn, trigger_name, schema, table.table, statement)
         for trigger_name, statement in statements.items()

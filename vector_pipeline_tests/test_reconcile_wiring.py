@@ -81,7 +81,7 @@ def test_asset_checks_report_and_repair_fixes(project, database_url, qdrant_path
 
     fixed = cli(project, "repair")
     assert fixed.exit_code == 0, fixed.output
-    assert "2 rows made pending, 0 orphan points deleted" in fixed.output
+    assert "2 rows made pending, 0 payloads rewritten, 0 orphan points deleted" in fixed.output
     assert "doc: embedded 2 into test_det-a_hybrid" in fixed.output
 
     clean = cli(project, "repair", "--dry-run")

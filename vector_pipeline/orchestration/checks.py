@@ -43,9 +43,11 @@ def reconciliation_check(
                 "missing_points": report.missing_count,
                 "orphan_points": report.orphan_count,
                 "stale_points": report.stale_count,
+                "payload_drift": report.payload_drift_count,
                 "missing_row_ids": dg.MetadataValue.json(report.missing[:SHOWN]),
                 "orphan_point_ids": dg.MetadataValue.json(report.orphans[:SHOWN]),
                 "stale_row_ids": dg.MetadataValue.json(report.stale[:SHOWN]),
+                "payload_drift_row_ids": dg.MetadataValue.json(report.payload_drift[:SHOWN]),
             },
         )
 

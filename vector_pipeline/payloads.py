@@ -1,0 +1,59 @@
+"""Payload refreshes: a row whose payload or name columns changed, but not its text, keeps its
+point and vectors; the point's payload is rewritten in place (Qdrant's set_payload).
+
+The refresh entries come from a trigger (triggers.py) through the tombstone queue, which the
+sync drains for every collection of the table (deletes.py). Each key is claimed first, like a
+delete's, so a refresh never races a worker writing the row's point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from qdrant_client import QdrantClient, models
+
+from vector_pipeline.points import payload_fields, point_id
+from vector_pipeline.source import SourceTable
+
+
+def refresh_payloads(
+    source: SourceTable, qdrant: QdrantClient, collection: str, keys: Sequence[str]
+) -> set[str]:
+    """Rewrite the payload of the points of `keys` (key texts) from their rows now; return the
+    keys a worker holds (their refresh waits for a later drain). Rows that are gone and points
+    that do not exist are passed over: a delete or a sync deals with them."""
+    table = source.config
+    claimed = source.claims.claim_keys(collection, list(dict.fromkeys(keys)))
+    try:
+        rows = source.payload_values(claimed)
+        ids = {point_id(table.data_type, key, collection): key for key in rows}
+        existing = qdrant.retrieve(collection, ids=list(ids), with_payload=False) if ids else []
+        operations: list[models.UpdateOperation] = []
+        for record in existing:
+            key = ids[str(record.id)]
+            values = rows[key]
+            top, shown = payload_fields(
+                data_type=table.data_type,
+                key_text=key,
+                name=values.get(table.name_column) if table.name_column else None,
+                payload_values={c: values[c] for c in table.payload_columns},
+            )
+            operations.append(
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(payload=top, points=[record.id])
+                )
+            )
+            if shown:
+                operations.append(
+                    models.SetPayloadOperation(
+                        set_payload=models.SetPayload(
+                            payload=shown, points=[record.id], key="meta_data"
+                        )
+                    )
+                )
+        if operations:
+            qdrant.batch_update_points(collection, operations, wait=True)
+    finally:
+        source.claims.release(collection, claimed)
+    got = set(claimed)
+    return {key for key in keys if key not in got}
