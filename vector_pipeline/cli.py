@@ -185,6 +185,11 @@ def _sync_with_progress(
         f"still pending {result.pending_after} of {result.total_rows}"
         + (f"; removed {result.deleted} deleted rows" if result.deleted else "")
         + (
+            f"; rewrote the payload of {result.payloads_refreshed} rows"
+            if result.payloads_refreshed
+            else ""
+        )
+        + (
             f"; {result.adopted} already held their text (marked, not embedded)"
             if result.adopted
             else ""

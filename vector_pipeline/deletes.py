@@ -73,8 +73,9 @@ def drain_tombstones(
     state_schema: str,
     own_collection: str,
     collections: Sequence[str],
-) -> int:
-    """Delete the points of deleted rows; return how many tombstones were finished.
+) -> tuple[int, int]:
+    """Delete the points of deleted rows and rewrite the payloads queued for refresh; return
+    how many deletions and how many refreshes were finished in every collection.
 
     The caller holds `own_collection`'s lock (see `collection_lock`).
     """
@@ -101,10 +102,13 @@ def drain_tombstones(
             if collection != own_collection:
                 conn.execute("SELECT pg_advisory_unlock_shared(hashtext(%s))", (key,))
     finished = conn.execute(
-        sql.SQL("DELETE FROM {} WHERE table_name = %s AND cleaned @> %s::jsonb").format(tombstones),
+        sql.SQL(
+            "DELETE FROM {} WHERE table_name = %s AND cleaned @> %s::jsonb RETURNING refresh"
+        ).format(tombstones),
         (table.name, json.dumps(all_collections)),
-    )
-    return finished.rowcount
+    ).fetchall()
+    refreshed = sum(1 for (refresh,) in finished if refresh)
+    return len(finished) - refreshed, refreshed
 
 
 def _clean_collection(

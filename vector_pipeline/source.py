@@ -35,7 +35,12 @@ from vector_pipeline.database_setup import (
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import apply_key_settings
 from vector_pipeline.store_state import STORE_TABLE
-from vector_pipeline.triggers import ordering_problems, table_triggers, trigger_problems
+from vector_pipeline.triggers import (
+    ordering_problems,
+    table_facts,
+    table_triggers,
+    trigger_problems,
+)
 
 VERSION = "__vector_pipeline_version"
 MARK_CHUNK = 1000  # keys per UPDATE when marking rows pending
@@ -126,10 +131,11 @@ class SourceTable:
     def trigger_problems(self) -> list[str]:
         """What is wrong with the triggers the table's marks rely on (triggers.py); empty when
         nothing is. One catalog query."""
-        triggers = table_triggers(self.conn, self.schema, self.state_schema, self.config, self.key)
-        return trigger_problems(self.conn, triggers) + ordering_problems(
-            self.conn, self.schema, self.config.table
+        facts = table_facts(self.conn, self.schema, self.config.table)
+        triggers = table_triggers(
+            self.conn, self.schema, self.state_schema, self.config, self.key, facts
         )
+        return trigger_problems(self.conn, triggers) + ordering_problems(facts)
 
     def check_triggers(self) -> None:
         """Raise SetupError, naming init-db, if the table's triggers are missing, disabled or

@@ -79,6 +79,7 @@ class SyncResult:
     pending_after: int = 0
     total_rows: int = 0
     deleted: int = 0
+    payloads_refreshed: int = 0  # rows whose payload columns changed (no embedding)
     created_collection: bool = False
     marks_voided: int = 0  # marks removed because the store was not the one they were made in
     skipped_ids: list[Any] = field(default_factory=list)
@@ -304,7 +305,8 @@ def sync_table(
                 source.claims.release_all(collection)
         # Rows deleted while this sync ran: their points go now, not at the next sync.
         _drain(source, qdrant, state_schema, collection, collections, log, result)
-        if check_store and (result.embedded or result.skipped or result.deleted or result.adopted):
+        changed = result.embedded + result.skipped + result.deleted + result.payloads_refreshed
+        if check_store and (changed or result.adopted):
             store.advance()  # and after: a snapshot taken while it wrote is older too
 
     failpoint("before_final_count")
@@ -352,10 +354,13 @@ def _drain(
     log: Logger,
     result: SyncResult,
 ) -> None:
-    deleted = drain_tombstones(source, qdrant, state_schema, collection, collections)
+    deleted, refreshed = drain_tombstones(source, qdrant, state_schema, collection, collections)
     if deleted:
         log.info(f"{source.config.name}: removed the points of {deleted} deleted rows")
+    if refreshed:
+        log.info(f"{source.config.name}: rewrote the payload of {refreshed} rows")
     result.deleted += deleted
+    result.payloads_refreshed += refreshed
 
 
 def _sync_pending(

@@ -182,10 +182,12 @@ def table_triggers(
     state_schema: str,
     table: TableConfig,
     layout: KeyLayout,
+    facts: TableFacts | None = None,
 ) -> list[Trigger]:
-    """The triggers `table` needs, as the statements that create them."""
+    """The triggers `table` needs, as the statements that create them (`facts`: the table's
+    `table_facts`, read here when not given)."""
     relation = sql.Identifier(schema, table.table)
-    facts = table_facts(conn, schema, table.table)
+    facts = facts or table_facts(conn, schema, table.table)
     key_columns = [sql.Identifier(name) for name in facts.bases(table.primary_key)]
     # `UPDATE OF` limits the reset to statements naming a text or key column; WHEN to real
     # changes. A new key is a new row as far as Qdrant knows. Comparing the text forms works
@@ -378,14 +380,14 @@ def table_facts(conn: psycopg.Connection, schema: str, table: str) -> TableFacts
     )
 
 
-def ordering_problems(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+def ordering_problems(facts: TableFacts) -> list[str]:
     """BEFORE UPDATE triggers of the table's own that run after the reset trigger (triggers of
     one event run in name order): a template column they set would not be seen."""
     return [
         f"trigger {name} runs after {RESET_TRIGGER} (BEFORE triggers run in name order), so "
         "a text column it sets would not reset the row: rename it to sort before "
         f"{RESET_TRIGGER!r}"
-        for name in table_facts(conn, schema, table).before_update
+        for name in facts.before_update
         if name.encode() > RESET_TRIGGER.encode()
     ]
 

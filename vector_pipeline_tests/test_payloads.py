@@ -58,7 +58,8 @@ def test_a_payload_change_rewrites_every_collections_point_without_embedding(
     conn.execute(sql.SQL("UPDATE {} SET category = 'moved', views = 7 WHERE id = 5").format(doc))
     conn.execute(sql.SQL("UPDATE {} SET category = NULL WHERE id = 6").format(doc))
     result = sync_model(config, conn, qdrant, "det_a")
-    assert (result.embedded, result.tokens) == (0, 0)
+    assert (result.embedded, result.tokens, result.payloads_refreshed) == (0, 0, 2)
+    assert result.deleted == 0
 
     for collection in COLLECTIONS:  # det_b's point too: the drain serves every collection
         point = _point(qdrant, collection, 5)

@@ -40,6 +40,7 @@ SUMMED = (
     "rows_truncated",
     "tokens",
     "rows_deleted",
+    "rows_payload_refreshed",
     "marks_voided",
 )
 
@@ -91,6 +92,8 @@ def _work_done(result: SyncResult) -> dict[str, Any]:
         "rows_truncated": result.truncated,
         "tokens": result.tokens,
         "rows_deleted": result.deleted,
+        # Rows whose payload or name columns changed: payload rewritten, nothing embedded.
+        "rows_payload_refreshed": result.payloads_refreshed,
         # Marks removed because the collection was not the store they were made in.
         "marks_voided": result.marks_voided,
     }
