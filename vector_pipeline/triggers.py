@@ -197,11 +197,6 @@ def table_triggers(
     # column the statement never named, every UPDATE is watched.
     watched_names = facts.bases((*table.text_columns, *table.primary_key))
     watched = [sql.Identifier(name) for name in watched_names]
-    update_of = (
-        sql.SQL("UPDATE")
-        if facts.before_update
-        else sql.SQL("UPDATE OF {}").format(sql.SQL(", ").join(watched))
-    )
     name = sql.Literal(table.name)
     key_text = sql.Literal(layout.text("gone").as_string(conn))
 
@@ -232,32 +227,22 @@ def table_triggers(
         )
 
     statements = {
-        RESET_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} BEFORE {update_of} ON {relation} "
-            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
-            "EXECUTE FUNCTION {function}()"
-        ).format(
-            trigger=sql.Identifier(RESET_TRIGGER),
-            update_of=update_of,
-            relation=relation,
-            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in watched),
-            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in watched),
+        RESET_TRIGGER: _on_change(
+            RESET_TRIGGER,
+            "BEFORE",
+            relation,
+            watched,
+            watch_all=bool(facts.before_update),
             function=sql.Identifier(schema, RESET_FUNCTION),
         ),
         DELETE_TRIGGER: delete_trigger(relation),
-        KEY_CHANGE_TRIGGER: sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} BEFORE UPDATE OF {columns} ON {relation} "
-            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
-            "EXECUTE FUNCTION {function}({name}, {key_text})"
-        ).format(
-            trigger=sql.Identifier(KEY_CHANGE_TRIGGER),
-            columns=sql.SQL(", ").join(key_columns),
-            relation=relation,
-            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in key_columns),
-            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in key_columns),
+        KEY_CHANGE_TRIGGER: _on_change(
+            KEY_CHANGE_TRIGGER,
+            "BEFORE",
+            relation,
+            key_columns,
             function=sql.Identifier(state_schema, KEY_CHANGE_FUNCTION),
-            name=name,
-            key_text=key_text,
+            arguments=(name, key_text),
         ),
         TRUNCATE_TRIGGER: truncate_trigger(relation),
         INSERT_TRIGGER: sql.SQL(
@@ -287,19 +272,13 @@ def table_triggers(
         sql.Identifier(c) for c in facts.bases(table.payload_columns_and_name) if c not in in_text
     ]
     if payload_only:
-        statements[PAYLOAD_TRIGGER] = sql.SQL(
-            "CREATE OR REPLACE TRIGGER {trigger} AFTER UPDATE OF {columns} ON {relation} "
-            "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
-            "EXECUTE FUNCTION {function}({name}, {key_text})"
-        ).format(
-            trigger=sql.Identifier(PAYLOAD_TRIGGER),
-            columns=sql.SQL(", ").join(payload_only),
-            relation=relation,
-            old=sql.SQL(", ").join(_as_printed("OLD", c) for c in payload_only),
-            new=sql.SQL(", ").join(_as_printed("NEW", c) for c in payload_only),
+        statements[PAYLOAD_TRIGGER] = _on_change(
+            PAYLOAD_TRIGGER,
+            "AFTER",
+            relation,
+            payload_only,
             function=sql.Identifier(state_schema, PAYLOAD_FUNCTION),
-            name=name,
-            key_text=key_text,
+            arguments=(name, key_text),
         )
     triggers = [
         _trigger(conn, trigger_name, schema, table.table, statement)
@@ -319,6 +298,39 @@ def table_triggers(
         ):
             triggers.append(_trigger(conn, trigger_name, part_schema, part, statement))
     return triggers
+
+
+def _on_change(
+    trigger: str,
+    timing: str,
+    relation: sql.Identifier,
+    columns: list[sql.Identifier],
+    *,
+    function: sql.Identifier,
+    arguments: tuple[sql.Composable, ...] = (),
+    watch_all: bool = False,
+) -> sql.Composable:
+    """A row trigger on UPDATE OF `columns` (of any column with `watch_all`) that fires when
+    their texts change (`_as_printed`)."""
+    update_of = (
+        sql.SQL("UPDATE")
+        if watch_all
+        else sql.SQL("UPDATE OF {}").format(sql.SQL(", ").join(columns))
+    )
+    return sql.SQL(
+        "CREATE OR REPLACE TRIGGER {trigger} {timing} {update_of} ON {relation} "
+        "FOR EACH ROW WHEN (ROW({old}) IS DISTINCT FROM ROW({new})) "
+        "EXECUTE FUNCTION {function}({arguments})"
+    ).format(
+        trigger=sql.Identifier(trigger),
+        timing=sql.SQL(timing),
+        update_of=update_of,
+        relation=relation,
+        old=sql.SQL(", ").join(_as_printed("OLD", c) for c in columns),
+        new=sql.SQL(", ").join(_as_printed("NEW", c) for c in columns),
+        function=function,
+        arguments=sql.SQL(", ").join(arguments),
+    )
 
 
 def _trigger(

@@ -3,6 +3,7 @@ a local-mode Qdrant folder. Everything is real; only paid APIs are faked, over l
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import uuid
@@ -99,6 +100,18 @@ def write_config(
         + textwrap.indent(textwrap.dedent(extra_tables), "  ")
     )
     return directory
+
+
+def doc_config(directory: Path, schema: str, template: str, **settings: str) -> ProjectConfig:
+    """Load a config folder whose tables.yaml has one table `doc` (data type DOC, collection
+    base `test`, so det_a's collection is test_det-a_hybrid) with `template` and further
+    `settings` written as YAML values (e.g. primary_key="[id, created]")."""
+    lines = "".join(f"    {key}: {value}\n" for key, value in settings.items())
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        f"    text_template: {json.dumps(template)}\n{lines}"
+    )
+    return load_config(write_config(directory, schema, tables=tables))
 
 
 def create_doc_table(conn: psycopg.Connection, schema: str, rows: int) -> None:

@@ -9,7 +9,6 @@ what those texts are). Writers and the sync use different session time zones on 
 
 from __future__ import annotations
 
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.source import SourceTable
-from vector_pipeline_tests.conftest import sync_model, write_config
+from vector_pipeline_tests.conftest import doc_config, sync_model, write_config
 
 COLLECTION = "test_det-a_hybrid"
 
@@ -150,18 +149,7 @@ def _project(tmp_path: Path, schema: str, conn: psycopg.Connection, case: KeyCas
             sql.SQL(", ").join(map(sql.Identifier, columns)),
         )
     )
-    tables = textwrap.dedent(
-        f"""\
-        schema: {schema}
-        collection_base: test
-        tables:
-          doc:
-            data_type: DOC
-            primary_key: {case.key}
-            text_template: "{{title}}: {{body}}"
-        """
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}: {body}", primary_key=case.key)
     setup_database(conn, config)
     return config
 
@@ -298,11 +286,7 @@ def test_keys_that_are_not_unique_and_not_null_are_refused(
     conn.execute(
         sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, "doc"), sql.SQL(ddl))
     )
-    tables = (
-        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
-        f"    primary_key: {key}\n    text_template: '{{title}}'\n"
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}", primary_key=key)
     if message is None:
         setup_database(conn, config)
         SourceTable.for_config(conn, config, config.tables.tables[0])
@@ -409,11 +393,7 @@ def _one_key_project(tmp_path, schema, conn, column: str) -> ProjectConfig:
             sql.Identifier(schema, "doc"), sql.SQL(column)
         )
     )
-    tables = (
-        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
-        "    text_template: '{title}'\n"
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}")
     setup_database(conn, config)
     return config
 
@@ -475,11 +455,7 @@ def test_a_text_change_only_a_collation_calls_equal_is_seen(tmp_path, schema, co
             sql.Identifier(schema, "doc"), sql.SQL(_case_insensitive_collation(conn, schema))
         )
     )
-    tables = (
-        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
-        "    text_template: '{title}'\n"
-    )
-    project = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    project = doc_config(tmp_path / "config", schema, "{title}")
     setup_database(conn, project)
     doc = sql.Identifier(schema, "doc")
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'hadith of intention')").format(doc))
@@ -523,11 +499,7 @@ def test_a_unique_index_left_invalid_is_no_key(tmp_path, schema, conn):
                 sql.Identifier(schema, "doc")
             )
         )
-    tables = (
-        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
-        "    text_template: '{title}'\n"
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}")
     with pytest.raises(SetupError, match="is not a unique key"):
         setup_database(conn, config)
 
@@ -543,11 +515,7 @@ def test_a_view_is_named_as_a_view(tmp_path, schema, conn):
             sql.Identifier(schema, "doc"), sql.Identifier(schema, "base")
         )
     )
-    tables = (
-        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
-        "    text_template: '{title}'\n"
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}")
     with pytest.raises(SetupError) as refused:
         setup_database(conn, config)
     assert f"tables.doc.table: {schema}.doc is a view" in str(refused.value)

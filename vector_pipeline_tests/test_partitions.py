@@ -3,17 +3,15 @@ partition, rows moving between partitions, and partitions added after init-db.""
 
 from __future__ import annotations
 
-import textwrap
-
 import psycopg
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.config import ProjectConfig
 from vector_pipeline.database_setup import SetupError, pending_index_name, setup_database
 from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
-from vector_pipeline_tests.conftest import sync_model, write_config
+from vector_pipeline_tests.conftest import doc_config, sync_model
 
 COLLECTION = "test_det-a_hybrid"
 
@@ -43,18 +41,7 @@ def partitioned(tmp_path, schema, conn) -> ProjectConfig:
             "'Title ' || i, 'Body ' || i FROM generate_series(1, 10) AS i"
         ).format(doc)
     )
-    tables = textwrap.dedent(
-        f"""\
-        schema: {schema}
-        collection_base: test
-        tables:
-          doc:
-            data_type: DOC
-            primary_key: [id, created]
-            text_template: "{{title}}: {{body}}"
-        """
-    )
-    config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+    config = doc_config(tmp_path / "config", schema, "{title}: {body}", primary_key="[id, created]")
     setup_database(conn, config)
     return config
 

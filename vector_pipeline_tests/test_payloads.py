@@ -3,33 +3,24 @@ point on the next sync without embedding anything, and reconcile counts payload 
 
 from __future__ import annotations
 
-import textwrap
-
 from psycopg import sql
 
-from vector_pipeline.config import load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile, repair
-from vector_pipeline_tests.conftest import sync_model, write_config
+from vector_pipeline_tests.conftest import doc_config, sync_model
 
 COLLECTIONS = ("test_det-a_hybrid", "test_det-b_hybrid")
 
 
 def _project(tmp_path, schema, conn):
-    tables = textwrap.dedent(
-        f"""\
-        schema: {schema}
-        collection_base: test
-        tables:
-          doc:
-            data_type: DOC
-            text_template: "{{title}}: {{body}}"
-            payload_columns: [title, category, views]
-            name_column: category
-        """
+    config = doc_config(
+        tmp_path / "payloads",
+        schema,
+        "{title}: {body}",
+        payload_columns="[title, category, views]",
+        name_column="category",
     )
-    config = load_config(write_config(tmp_path / "payloads", schema, tables=tables))
     setup_database(conn, config)
     return config
 

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,11 +21,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
-from vector_pipeline_tests.conftest import sync_model, write_config
+from vector_pipeline_tests.conftest import doc_config, sync_model
 
 COLLECTION = "test_det-a_hybrid"
 DOC_COLUMNS = "id bigint PRIMARY KEY, title text, body text"
@@ -98,17 +96,7 @@ def test_changes_applied_by_a_subscriber_reach_qdrant(publisher, conn, schema, t
 
         # The replica: the same table, set up for syncing, then subscribed.
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(doc, sql.SQL(DOC_COLUMNS)))
-        tables = textwrap.dedent(
-            f"""\
-            schema: {schema}
-            collection_base: test
-            tables:
-              doc:
-                data_type: DOC
-                text_template: "{{title}}: {{body}}"
-            """
-        )
-        config = load_config(write_config(tmp_path / "config", schema, tables=tables))
+        config = doc_config(tmp_path / "config", schema, "{title}: {body}")
         setup_database(conn, config)
         port = publisher.rsplit(":", 1)[1].split("/")[0]
         conn.execute(

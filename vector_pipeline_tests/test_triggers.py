@@ -4,35 +4,23 @@ exactly the rows whose text changed."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.config import ProjectConfig
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.plan import plan
 from vector_pipeline.status import sync_status
-from vector_pipeline_tests.conftest import sync_model, write_config
+from vector_pipeline_tests.conftest import doc_config, sync_model
 
 COLLECTION = "test_det-a_hybrid"
 
 
 def _config(tmp_path: Path, schema: str, template: str, name: str = "config") -> ProjectConfig:
-    tables = textwrap.dedent(
-        f"""\
-        schema: {schema}
-        collection_base: test
-        tables:
-          doc:
-            data_type: DOC
-            text_template: "{template}"
-            payload_columns: [title, category]
-        """
-    )
-    return load_config(write_config(tmp_path / name, schema, tables=tables))
+    return doc_config(tmp_path / name, schema, template, payload_columns="[title, category]")
 
 
 def _marked(conn: psycopg.Connection, schema: str) -> int:
