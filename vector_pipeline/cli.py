@@ -287,12 +287,8 @@ class _QuietLog:
 def status(state: _State, as_json: bool, models: tuple[str, ...]) -> None:
     """Per table and model: total, embedded, pending and skipped rows, and which collection
     each active alias serves (readers query the alias)."""
-    busy = None
     with _database() as conn, contextlib.ExitStack() as stack:
-        try:
-            qdrant = stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False))
-        except QdrantBusyError as exc:
-            qdrant, busy = None, str(exc)
+        qdrant, busy = _qdrant_unless_busy(stack)
         rows = sync_status(conn, state.config, models=list(models) or None, qdrant=qdrant)
     if as_json:
         click.echo(json.dumps([row.as_dict() for row in rows], indent=2))
@@ -353,12 +349,8 @@ def plan(
     config = state.config
     for name in tables:
         config.tables.table(name)  # an unknown table is an error, not an empty plan
-    busy = None
     with _database() as conn, contextlib.ExitStack() as stack:
-        try:
-            qdrant = stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False))
-        except QdrantBusyError as exc:
-            qdrant, busy = None, str(exc)
+        qdrant, busy = _qdrant_unless_busy(stack)
         entries = plan_sync(conn, config, list(models), list(tables), sample=sample, qdrant=qdrant)
     if as_json:
         click.echo(json.dumps([entry.as_dict() for entry in entries], indent=2))
@@ -410,6 +402,15 @@ def plan(
             )
     if busy:
         click.echo(f"points not looked up: {busy} (a sync is running); every row is counted")
+
+
+def _qdrant_unless_busy(stack: contextlib.ExitStack) -> tuple[Any, str | None]:
+    """A Qdrant client held open by `stack`, or (None, why) while a sync holds the local-mode
+    folder: a read-only command answers at once with what PostgreSQL alone can tell."""
+    try:
+        return stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False)), None
+    except QdrantBusyError as exc:
+        return None, str(exc)
 
 
 def _print_table(header: tuple[str, ...], lines: list[tuple[str, ...]], numeric: range) -> None:
