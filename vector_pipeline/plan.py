@@ -140,12 +140,9 @@ def plan(
             with_text = {key: text for key, text in texts if text is not None}
             current: set[str] = set()
             if qdrant is not None:
-                for start in range(0, len(texts), LOOKUP_BATCH):
-                    chunk = {
-                        k: with_text[k]
-                        for k, _ in texts[start : start + LOOKUP_BATCH]
-                        if k in with_text
-                    }
+                items = list(with_text.items())
+                for start in range(0, len(items), LOOKUP_BATCH):
+                    chunk = dict(items[start : start + LOOKUP_BATCH])
                     current |= current_keys(qdrant, table.data_type, collection, chunk)
             wanted = [text for key, text in with_text.items() if key not in current]
             counted = capped_tokens(counter, model, wanted)

@@ -115,10 +115,15 @@ class KeyLayout:
         )
 
     def match(self, alias: str, key_text: sql.Composable) -> sql.Composable:
-        """True for the row `alias` whose key text is `key_text`; compares the key columns
-        with typed values, so the primary-key index serves it."""
-        return sql.SQL("({}) = ({})").format(
-            self.columns_of(alias), sql.SQL(", ").join(self.typed(key_text))
+        """True for the row `alias` whose key text is exactly `key_text`. The key columns are
+        compared with typed values, so the primary-key index finds the row; the text is then
+        compared too, since an equal key may print differently (numeric `1.50` and `1.5`
+        are one key, yet two point ids)."""
+        return sql.SQL("({}) = ({}) AND {} = {}").format(
+            self.columns_of(alias),
+            sql.SQL(", ").join(self.typed(key_text)),
+            self.text(alias),
+            key_text,
         )
 
     def after(self, alias: str, key_text: sql.Composable) -> sql.Composable:

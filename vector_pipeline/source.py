@@ -433,16 +433,12 @@ class SourceTable:
         """
         if not keys:
             return set()
-        # The row must have exactly that key text, not just an equal key: after `1.50` became
+        # `match` wants exactly that key text, not just an equal key: after `1.50` became
         # `1.5` (equal as numeric) the point hashed from '1.50' belongs to no row.
         query = sql.SQL(
             "SELECT v.k FROM unnest(%s::text[]) AS v(k) WHERE EXISTS "
-            "(SELECT 1 FROM {relation} AS t WHERE {match} AND {key_text} = v.k)"
-        ).format(
-            relation=self._relation,
-            match=self.key.match("t", sql.SQL("v.k")),
-            key_text=self.key.text("t"),
-        )
+            "(SELECT 1 FROM {relation} AS t WHERE {match})"
+        ).format(relation=self._relation, match=self.key.match("t", sql.SQL("v.k")))
         try:
             with self.conn.transaction():
                 return {row[0] for row in self.conn.execute(query, (list(keys),))}
@@ -463,13 +459,11 @@ class SourceTable:
         if not keys or not columns:
             return {}
         query = sql.SQL(
-            "SELECT v.k, {columns} FROM unnest(%s::text[]) AS v(k) "
-            "JOIN {relation} AS t ON {match} AND {key_text} = v.k"
+            "SELECT v.k, {columns} FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
         ).format(
             columns=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
             relation=self._relation,
             match=self.key.match("t", sql.SQL("v.k")),
-            key_text=self.key.text("t"),
         )
         return {
             record[0]: dict(zip(columns, record[1:], strict=True))
@@ -478,8 +472,8 @@ class SourceTable:
 
     def mark_pending(self, collection: str, keys: Sequence[str]) -> int:
         """Remove `collection` (only it) from `embedded_in` of the rows with these key texts;
-        return how many rows changed. The reset trigger watches text and key columns only,
-        so this UPDATE does not fire it."""
+        return how many rows changed. It changes no text or key column, so the reset
+        trigger's condition is false for it."""
         # `jsonb - text` drops the matching string elements of an array; only rows still
         # marked (so their embedded_in is an array holding the collection) are touched.
         query = sql.SQL(
