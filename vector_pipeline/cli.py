@@ -455,33 +455,73 @@ def skipped(state: _State, tables: tuple[str, ...], model: str | None) -> None:
 @main.command()
 @click.argument("text")
 @click.option("--model", help="Model key (default: the default model).")
-@click.option("--limit", default=5, show_default=True)
+@click.option("--limit", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
+@click.option(
+    "--where",
+    "where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Payload filter, e.g. collection=bukhari (a payload column; repeatable, all must hold).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document with every hit.")
 @pass_state
 @_fail_cleanly
-def search(state: _State, text: str, model: str | None, limit: int) -> None:
-    """Hybrid (dense + BM25, RRF) search; prints the top hits."""
-    from vector_pipeline.search import search as hybrid_search
+def search(
+    state: _State,
+    text: str,
+    model: str | None,
+    limit: int,
+    tables: tuple[str, ...],
+    where: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Hybrid (dense + BM25, RRF) search; prints the top rows, each row once."""
+    from vector_pipeline.search import search_rows
 
     config = state.config
     key, model_config = config.embeddings.model(model)
+    selected = [config.tables.table(name) for name in tables] or list(config.tables.tables)
+    filters = {}
+    for item in where:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise click.BadParameter(f"{item!r} is not FIELD=VALUE", param_hint="--where")
+        filters[field] = value
     collections = sorted(
-        {collection_name_for(t.collection_base, model_config.id) for t in config.tables.tables}
+        {collection_name_for(t.collection_base, model_config.id) for t in selected}
     )
     embedder = build_embedder(key, model_config)
+    found: list[dict[str, Any]] = []
     try:
         with open_qdrant(locations.qdrant_location()) as qdrant:
             for collection in collections:
+                rows = search_rows(
+                    qdrant,
+                    embedder,
+                    collection,
+                    text,
+                    limit,
+                    sparse=model_config.sparse.settings(),
+                    tables=[t.name for t in selected] if tables else (),
+                    where=filters,
+                )
+                if as_json:
+                    found.extend(row.as_json(collection) for row in rows)
+                    continue
                 click.echo(f"{collection}: {text!r}")
-                hits = hybrid_search(qdrant, embedder, collection, text, limit=limit)
-                for rank, hit in enumerate(hits, start=1):
-                    meta = hit.payload.get("meta_data") or {}
-                    snippet = " ".join(str(hit.payload.get("content", "")).split())[:110]
+                for row in rows:
+                    meta = row.payload.get("meta_data") or {}
+                    chunk = f" (chunk {meta['chunk']})" if meta.get("chunk") else ""
+                    snippet = " ".join(str(row.payload.get("content", "")).split())[:110]
                     click.echo(
-                        f"{rank:>2}. {hit.score:.3f}  {meta.get('data_type')} "
-                        f"{meta.get('row_id')}  {hit.payload.get('name')}\n      {snippet}"
+                        f"{row.rank:>2}. {row.score:.3f}  {meta.get('data_type')} "
+                        f"{row.row_id}{chunk}  {row.payload.get('name')}\n      {snippet}"
                     )
     finally:
         embedder.close()
+    if as_json:
+        click.echo(json.dumps({"query": text, "model": key, "hits": found}, ensure_ascii=False))
 
 
 @main.group()

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vector_pipeline.sparse import LANGUAGES, SparseSettings
+
 CONFIG_DIR_ENV = "VECTOR_PIPELINE_CONFIG_DIR"
 EMBEDDINGS_FILE = "embeddings.yaml"
 TABLES_FILE = "tables.yaml"
@@ -70,6 +72,29 @@ def _parse_secret(value: Any) -> Any:
     )
 
 
+# Every model's BM25 languages unless it names its own: the reference design's users keep
+# Arabic and Persian beside English. English text encodes exactly as fastembed's Qdrant/bm25
+# under these too (sparse.py), so only Arabic-script text differs from the plain recipe.
+DEFAULT_SPARSE_LANGUAGES = ("english", "arabic", "persian")
+
+
+class SparseConfig(_Strict):
+    """A model's BM25 settings (sparse.py); recorded in each of its collections' metadata."""
+
+    languages: list[str] = Field(
+        default=list(DEFAULT_SPARSE_LANGUAGES),
+        description=f"Tokens are stemmed and filtered per script; one of {', '.join(LANGUAGES)}.",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> SparseConfig:
+        self.settings()  # raises ValueError naming the language; pydantic adds the key
+        return self
+
+    def settings(self) -> SparseSettings:
+        return SparseSettings(languages=tuple(self.languages))
+
+
 class _ModelBase(_Strict):
     id: str = Field(
         min_length=1, description="The provider's model name, e.g. text-embedding-3-small."
@@ -81,6 +106,7 @@ class _ModelBase(_Strict):
     # What the provider charges, in US dollars per million input tokens (`plan` and session
     # cost budgets use it); unset for an API model means "price unknown".
     price_per_million_tokens: float | None = Field(default=None, ge=0)
+    sparse: SparseConfig = Field(default_factory=SparseConfig)
 
     @field_validator("id")
     @classmethod
@@ -179,6 +205,12 @@ class EmbeddingsConfig(_Strict):
                 f"({', '.join(self.models)}); set it to one of them"
             )
         return self
+
+    def sparse_settings(self, key: str) -> SparseSettings:
+        """The BM25 settings of model `key`; the default ones for a key not configured (a
+        stand-in embedder in tests and benchmarks)."""
+        model = self.models.get(key)
+        return (model.sparse if model else SparseConfig()).settings()
 
     def model(self, key: str | None = None) -> tuple[str, EmbeddingModel]:
         """The model named `key`, or the default; unknown names fail with the known ones."""

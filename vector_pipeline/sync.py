@@ -24,14 +24,20 @@ from typing import Any, Protocol
 import psycopg
 from qdrant_client import QdrantClient
 
+from vector_pipeline import encoding
 from vector_pipeline.aliases import update_active_alias
-from vector_pipeline.config import ProjectConfig, TableConfig, collection_name_for
+from vector_pipeline.config import (
+    DEFAULT_SPARSE_LANGUAGES,
+    ProjectConfig,
+    TableConfig,
+    collection_name_for,
+)
 from vector_pipeline.deletes import collection_lock, delete_points_of_gone_rows, drain_tombstones
 from vector_pipeline.embedders import Embedder
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import current_keys, point_id, point_payload, scroll_table_points
 from vector_pipeline.source import SourceRow, SourceTable
-from vector_pipeline.sparse import Bm25
+from vector_pipeline.sparse import Bm25, SparseSettings
 from vector_pipeline.store_state import StoreState
 from vector_pipeline.vector_store import (
     PointData,
@@ -82,6 +88,7 @@ class SyncResult:
     payloads_refreshed: int = 0  # rows whose payload columns changed (no embedding)
     created_collection: bool = False
     marks_voided: int = 0  # marks removed because the store was not the one they were made in
+    sparse_reencoded: int = 0  # points whose sparse vector was re-encoded for new BM25 settings
     skipped_ids: list[Any] = field(default_factory=list)
     truncated_ids: list[Any] = field(default_factory=list)
     alias: str | None = None  # the active alias of the table's collections, if any
@@ -97,10 +104,15 @@ class SyncResult:
         self.tokens += report.tokens
 
 
+# The BM25 settings of a sync that is not given a model's own (sync_configured_table passes
+# them): the same default every configured model gets.
+DEFAULT_SPARSE = SparseSettings(languages=DEFAULT_SPARSE_LANGUAGES)
+
+
 @cache
-def bm25() -> Bm25:
-    """One BM25 encoder per process: its stopwords and stemmer load once."""
-    return Bm25()
+def bm25(settings: SparseSettings = DEFAULT_SPARSE) -> Bm25:
+    """One BM25 encoder per process and settings: its stopwords and stemmers load once."""
+    return Bm25(settings=settings)
 
 
 def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
@@ -147,6 +159,7 @@ def embed_batch(
     embedder: Embedder,
     collection: str,
     current: frozenset[str] = frozenset(),
+    sparse_settings: SparseSettings = DEFAULT_SPARSE,
 ) -> EmbeddedBatch:
     """Render, embed (dense and sparse) and build the points of one batch; rows whose key is
     in `current` (their point already holds their text) are adopted, not embedded.
@@ -163,7 +176,7 @@ def embed_batch(
         return EmbeddedBatch(rows, wanted, skipped, adopted, [], (), 0, started)
     dense = embedder.embed_documents(texts)
     failpoint("after_embed")
-    sparse = bm25().embed_documents(texts)
+    sparse = bm25(sparse_settings).embed_documents(texts)
     cut = set(dense.truncated)
     points = [
         PointData(
@@ -248,8 +261,12 @@ def sync_table(
     admit: Callable[[Sequence[str]], bool] | None = None,
     log: Logger | None = None,
     check_store: bool = True,
+    sparse: SparseSettings = DEFAULT_SPARSE,
 ) -> SyncResult:
     """Sync every pending row of `table` into the model's collection; see the module docstring.
+
+    `sparse` are the model's BM25 settings; points encoded under other settings are re-encoded
+    first (encoding.py), without embedding.
 
     `state_schema` holds the pipeline's own tables (default: `schema`); `collections` are the
     table's other collections, which the drain of deleted rows also cleans. `admit`, given the
@@ -275,6 +292,16 @@ def sync_table(
             why = store.mismatch()  # another worker may have just dealt with it
             if why is not None:
                 result.marks_voided = void_marks(source, qdrant, store, why, log)
+    if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
+        with collection_lock(conn, schema, table, collection, log):
+            if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
+                result.sparse_reencoded = encoding.reencode(qdrant, collection, table.name, sparse)
+                if result.sparse_reencoded:
+                    log.info(
+                        f"{table.name}: re-encoded the sparse vectors of "
+                        f"{result.sparse_reencoded} points in {collection} for its BM25 settings "
+                        f"(languages {', '.join(sparse.languages)}); nothing was re-embedded"
+                    )
     # Shared: any number of workers sync this table into this collection together, sharing
     # the rows through claims; `repair` takes the lock exclusively and waits for them.
     with collection_lock(conn, schema, table, collection, log, shared=True):
@@ -293,7 +320,16 @@ def sync_table(
                 if freed:
                     log.info(f"{table.name}: {freed} rows claimed by workers that died are free")
                 _sync_pending(
-                    source, qdrant, embedder, collection, batch_size, on_batch, admit, log, result
+                    source,
+                    qdrant,
+                    embedder,
+                    collection,
+                    batch_size,
+                    on_batch,
+                    admit,
+                    log,
+                    result,
+                    sparse,
                 )
                 # A worker that died during this pass left rows claimed: take them over.
                 freed = source.claims.free_dead(collection)
@@ -373,6 +409,7 @@ def _sync_pending(
     admit: Callable[[Sequence[str]], bool] | None,
     log: Logger,
     result: SyncResult,
+    sparse: SparseSettings,
 ) -> None:
     """Read, embed and write batches as a pipeline.
 
@@ -393,7 +430,7 @@ def _sync_pending(
         if failed.is_set():
             raise _PipelineStopped
         try:
-            return embed_batch(rows, table, embedder, collection, current)
+            return embed_batch(rows, table, embedder, collection, current, sparse)
         except BaseException:
             failed.set()
             raise
@@ -539,6 +576,7 @@ def sync_configured_table(
         admit=admit,
         log=log,
         check_store=check_store,
+        sparse=project.embeddings.sparse_settings(embedder.model_key),
     )
     if embedder.model_key == project.embeddings.default:
         result.alias = project.tables.alias_for(table.collection_base)

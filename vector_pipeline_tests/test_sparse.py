@@ -17,7 +17,16 @@ from typing import Any
 import mmh3
 import pytest
 
-from vector_pipeline.sparse import Bm25, SparseVector, load_stopwords
+from vector_pipeline.sparse import (
+    _ARABIC_SCRIPT,
+    Bm25,
+    SparseSettings,
+    SparseVector,
+    load_stopwords,
+    normalise_arabic_script,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "vector_pipeline" / "data"
 
 # Two real words that are their own English stems and whose signed murmur3 hashes are
 # opposites, so abs() gives them one sparse id (found by brute force, asserted below).
@@ -273,3 +282,99 @@ def test_lowercasing_never_turns_a_non_word_char_into_a_word_char() -> None:
         if chr(code).lower().lower() != chr(code).lower()
     ]
     assert not_idempotent == []
+
+
+# -- Arabic and Persian (SparseSettings.languages) ----------------------------------------------
+
+MULTILINGUAL = SparseSettings(languages=("english", "arabic", "persian"))
+# The opening of Sahih al-Bukhari's first hadith, as published (fully vowelled) and as typed.
+VOWELLED = "إِنَّمَا الْأَعْمَالُ بِالنِّيَّاتِ، وَإِنَّمَا لِكُلِّ امْرِئٍ مَا نَوَى"
+TYPED = "انما الاعمال بالنيات، وانما لكل امرئ ما نوى"
+
+
+def test_normalisation_folds_what_people_type_differently() -> None:
+    # Diacritics and tatweel vanish; hamza seats, alef maksura, teh marbuta fold.
+    assert normalise_arabic_script(VOWELLED) == normalise_arabic_script(TYPED)
+    assert normalise_arabic_script("كتـــاب") == "كتاب"
+    assert normalise_arabic_script("أحمد إبراهيم آمن ٱلله") == "احمد ابراهيم امن الله"
+    assert normalise_arabic_script("مدرسة على") == normalise_arabic_script("مدرسه علي")
+    # Persian yeh and keheh are Arabic yeh and kaf; ZWNJ splits; Eastern digits are ASCII.
+    assert normalise_arabic_script("یک کتاب") == normalise_arabic_script("يك كتاب")
+    assert normalise_arabic_script("کتاب\u200cها") == "كتاب ها"
+    assert normalise_arabic_script("حديث ٣٤٥ و ۱۲") == "حديث 345 و 12"
+    # Nothing outside Arabic script changes, accents included.
+    latin = "café naïve Ångström ΣΟΦΟΣ x² 😀 e\u0301"
+    assert normalise_arabic_script(latin) == latin
+
+
+def test_typed_and_vowelled_arabic_encode_alike_for_documents_and_queries() -> None:
+    bm25 = Bm25(settings=MULTILINGUAL)
+    assert bm25.embed_documents([VOWELLED]) == bm25.embed_documents([TYPED])
+    assert bm25.embed_query(VOWELLED) == bm25.embed_query(TYPED)
+    # Each word is one token, not one per letter: at most one id per word.
+    assert 0 < len(bm25.embed_query(TYPED).indices) <= len(TYPED.split())
+    # The plain recipe splits vowelled words into letters, so nothing typed matches.
+    plain = Bm25()
+    assert not set(plain.embed_query(TYPED).indices) & set(plain.embed_query(VOWELLED).indices)
+
+
+def test_persian_variants_meet() -> None:
+    bm25 = Bm25(settings=MULTILINGUAL)
+    with_zwnj = bm25.embed_query("کتاب\u200cها را می\u200cخوانم")
+    with_space = bm25.embed_query("كتاب ها را مي خوانم")  # Arabic yeh and kaf, spaces
+    assert with_zwnj == with_space
+    # The stopword lists apply per script: "the" is an English stopword, "را" a Persian one.
+    assert bm25.embed_query("the را") == SparseVector([], [])
+
+
+def test_multilingual_settings_leave_text_without_arabic_script_as_fastembed(
+    reference: Any,
+) -> None:
+    bm25 = Bm25(settings=MULTILINGUAL)
+    texts = [text for text in CORPUS if not _ARABIC_SCRIPT.search(text)]
+    assert len(texts) > 100
+    for text, mine, ref in zip(
+        texts, bm25.embed_documents(texts), reference.embed(texts), strict=True
+    ):
+        _assert_same(_as_dict(mine), _reference_dict(ref), text)
+    for text in texts[:60]:
+        _assert_same(
+            _as_dict(bm25.embed_query(text)),
+            _reference_dict(next(iter(reference.query_embed(text)))),
+            text,
+        )
+
+
+def test_arabic_settings_are_fastembeds_arabic_bm25_on_normalised_text(tmp_path: Path) -> None:
+    """What a reader with fastembed reproduces: Bm25(language="arabic") with the shipped
+    stopword list (normalised) on normalise_arabic_script(text)."""
+    from fastembed.sparse.bm25 import Bm25 as FastembedBm25
+
+    stopwords = {
+        normalise_arabic_script(word) for word in load_stopwords(DATA / "stopwords_arabic.txt")
+    }
+    theirs = FastembedBm25(
+        "Qdrant/bm25",
+        cache_dir=str(tmp_path),
+        specific_model_path=str(tmp_path),
+        local_files_only=True,
+        language="arabic",
+        stopwords=stopwords,
+    )
+    ours = Bm25(settings=SparseSettings(languages=("arabic",)))
+    texts = [VOWELLED, TYPED, "قَالَ رَسُولُ اللَّهِ صَلَّى اللَّهُ عَلَيْهِ وَسَلَّمَ إِذَا"]
+    for text, mine in zip(texts, ours.embed_documents(texts), strict=True):
+        ref = next(iter(theirs.embed([normalise_arabic_script(text)])))
+        _assert_same(_as_dict(mine), _reference_dict(ref), text)
+        assert mine.indices  # stopwords such as إذا (spelled with hamza) were matched
+
+
+def test_settings_reject_unknown_or_repeated_languages() -> None:
+    with pytest.raises(ValueError, match="'klingon' is not supported; use one of english"):
+        SparseSettings(languages=("english", "klingon"))
+    with pytest.raises(ValueError, match="names one twice"):
+        SparseSettings(languages=("arabic", "arabic"))
+    described = MULTILINGUAL.describe()
+    assert described["languages"] == ["english", "arabic", "persian"]
+    assert described["normalisation"] == "normalise_arabic_script v1"
+    assert SparseSettings().describe()["normalisation"] is None

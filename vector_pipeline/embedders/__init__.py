@@ -46,6 +46,12 @@ def build_embedder(model_key: str, model: EmbeddingModel) -> Embedder:
 
         return OpenAIEmbedder(model_key, model, api_key)
     if isinstance(model, LocalModel):
+        from vector_pipeline.embedders.e5 import MODEL_ID as E5_ID
+
+        if model.id == E5_ID:
+            from vector_pipeline.embedders.e5 import E5Embedder
+
+            return E5Embedder(model_key, model)
         from vector_pipeline.embedders.local import LocalEmbedder
 
         return LocalEmbedder(model_key, model)

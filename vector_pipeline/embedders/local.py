@@ -57,7 +57,8 @@ class LocalEmbedder:
             if model.id not in LOCAL_MODELS:
                 raise ValueError(
                     f"model {model_key!r}: the local provider runs only "
-                    f"{', '.join(LOCAL_MODELS)}, not {model.id!r}; set `id:` to one of them"
+                    f"{', '.join(LOCAL_MODELS)} and multilingual-e5-small, not {model.id!r}; "
+                    "set `id:` to one of them"
                 )
             files = LOCAL_MODELS[model.id]()
         if model.dimensions != files.dimensions:
