@@ -82,6 +82,7 @@ class LocalEmbedder:
         self._lock = threading.Lock()
         self._session: Any = None
         self._tokenizer: Any = None
+        self._counter: Any = None
         self._input_names: tuple[str, ...] = ()
 
     def _load(self) -> None:
@@ -156,6 +157,19 @@ class LocalEmbedder:
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text]).vectors[0]
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces the model would read for `text` were it not cut, [CLS] and [SEP]
+        included (what chunking measures against `max_tokens_per_input`)."""
+        with self._lock:
+            if self._counter is None:
+                from tokenizers import Tokenizer
+
+                counter = Tokenizer.from_file(str(self._files.tokenizer))
+                counter.no_padding()
+                counter.no_truncation()
+                self._counter = counter
+            return len(self._counter.encode(text).ids)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,148 @@
+"""Splitting a row's text into chunks that fit the model: the plan, in the model's own tokens.
+
+A row whose rendered text fits the model's input limit is one chunk, exactly the rendered text
+(so existing points keep their ids and hashes). A longer one is split:
+
+- The template's short fields (a title, a collection name: by default every field whose value
+  has at most `REPEAT_MAX_CHARS` characters, or the table's `chunking.repeat` list) form a
+  header, with the literal text before each, repeated at the start of every chunk, so each
+  chunk still says what it belongs to.
+- The rest (the long fields with their labels, in template order) is the body, split at
+  whitespace into windows of at most the model's limit, counted with the model's own
+  tokenizer (`count_tokens`, which includes the model's special tokens and prefix); each
+  window starts `overlap_tokens` before the previous one ended, so a phrase cut by a boundary
+  is whole in one of the two chunks. A single "word" longer than half a window (a URL, base64)
+  is cut into character slices first.
+- Every chunk is checked with `count_tokens` after it is assembled, and shortened word by word
+  when the per-word estimate was low (tokenizers merge across spaces rarely, but they may).
+
+Pure functions: no database, no Qdrant. Which points the chunks become is points.py's.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# Field values up to this many characters are repeated on every chunk by default: titles,
+# names, collection labels; anything longer is body.
+REPEAT_MAX_CHARS = 300
+# Tokens kept free in every window for the estimate's error (pieces that merge differently
+# inside a longer text); the final check catches the rest.
+_SAFETY_FRACTION = 0.02
+_WORD = re.compile(r"\S+\s*")
+
+TokenCounter = Callable[[str], int]
+
+
+def chunk_text(
+    template: str,
+    values: Mapping[str, Any],
+    count_tokens: TokenCounter,
+    limit: int,
+    *,
+    overlap_tokens: int,
+    repeat: Sequence[str] | None = None,
+) -> list[str]:
+    """The chunks of one row's text: `[rendered]` when it fits `limit` tokens, else chunks of
+    at most `limit` tokens each (see the module docstring).
+
+    `values` maps the template's fields to the row's values (None renders as empty, as
+    TableConfig.render_text does); `count_tokens` counts what the model reads for a text.
+    Raises ValueError when `limit` leaves no room for text.
+    """
+    segments = [
+        (literal, field, "" if field is None or values[field] is None else format(values[field]))
+        for literal, field, _spec, _conversion in string.Formatter().parse(template)
+    ]
+    rendered = "".join(literal + value for literal, _field, value in segments)
+    if count_tokens(rendered) <= limit:
+        return [rendered]
+    overhead = count_tokens("")
+    if limit - overhead < 8:
+        raise ValueError(f"an input limit of {limit} tokens leaves no room for text")
+    header, body = _header_and_body(segments, repeat)
+    safety = max(2, int(limit * _SAFETY_FRACTION))
+    budget = limit - safety - count_tokens(header)
+    if budget < (limit - overhead) // 4:
+        # A header that eats most of the window would leave chunks of little text.
+        header, body = "", rendered
+        budget = limit - safety - overhead
+    words = _words(body, count_tokens, overhead, budget)
+    return _windows(header, words, count_tokens, limit, budget, overlap_tokens)
+
+
+def _header_and_body(
+    segments: list[tuple[str, str | None, str]], repeat: Sequence[str] | None
+) -> tuple[str, str]:
+    def repeated(field: str | None, value: str) -> bool:
+        if field is None:
+            return False
+        return field in repeat if repeat is not None else len(value) <= REPEAT_MAX_CHARS
+
+    header = "".join(lit + value for lit, field, value in segments if repeated(field, value))
+    body = "".join(lit + value for lit, field, value in segments if not repeated(field, value))
+    if header and not header[-1].isspace():
+        header += "\n"
+    return header, body
+
+
+def _words(
+    body: str, count_tokens: TokenCounter, overhead: int, budget: int
+) -> list[tuple[str, int]]:
+    """The body as (word with its following whitespace, estimated tokens); leading whitespace
+    is dropped, words over half a window are cut into slices."""
+    cache: dict[str, int] = {}
+
+    def tokens(word: str) -> int:
+        stripped = word.strip()
+        if stripped not in cache:
+            cache[stripped] = max(1, count_tokens(stripped) - overhead)
+        return cache[stripped]
+
+    words: list[tuple[str, int]] = []
+    for match in _WORD.finditer(body):
+        word = match.group()
+        n = tokens(word)
+        if n <= budget // 2:
+            words.append((word, n))
+            continue
+        # Characters per slice, so each slice is about a quarter of a window.
+        size = max(1, len(word) * (budget // 4) // n)
+        for start in range(0, len(word), size):
+            piece = word[start : start + size]
+            words.append((piece, tokens(piece)))
+    return words
+
+
+def _windows(
+    header: str,
+    words: list[tuple[str, int]],
+    count_tokens: TokenCounter,
+    limit: int,
+    budget: int,
+    overlap_tokens: int,
+) -> list[str]:
+    chunks: list[str] = []
+    start = 0
+    while start < len(words):
+        end, used = start, 0
+        while end < len(words) and (end == start or used + words[end][1] <= budget):
+            used += words[end][1]
+            end += 1
+        text = header + "".join(word for word, _ in words[start:end]).rstrip()
+        while count_tokens(text) > limit and end - start > 1:
+            end -= 1
+            text = header + "".join(word for word, _ in words[start:end]).rstrip()
+        chunks.append(text)
+        if end >= len(words):
+            break
+        # The next window starts up to `overlap_tokens` back, and always moves forward.
+        back, overlap = end, 0
+        while back - 1 > start and overlap + words[back - 1][1] <= overlap_tokens:
+            back -= 1
+            overlap += words[back][1]
+        start = back
+    return chunks
