@@ -7,7 +7,10 @@ downloads it into the virtualenv for the benchmark and the project never ships i
 Two tables go through the product as a user's would (init-db, sync, search_rows):
 - `hadith`: one row per hadith, its Arabic text only (`{arabic}`);
 - `book`: "long documents", ten consecutive hadith per row, in Arabic (`lang = 'ar'`) or in
-  their English translation (`lang = 'en'`), thousands of tokens each.
+  their English translation (`lang = 'en'`), thousands of tokens each; split into chunks as
+  the product does by default, and again as `book_uncut` (the same rows with
+  `chunking: {enabled: false}`, each one point of what the model reads) to show what chunking
+  buys and costs.
 
 Queries, each with the one row that must be in the top 10 (recall@10):
 - `ar_typed`: five consecutive words of a hadith, typed as people type (no diacritics);
@@ -162,13 +165,21 @@ tables:
     primary_key: id
     text_template: "{{body}}"
     payload_columns: [lang]
+  book_uncut:
+    data_type: BOOK_UNCUT
+    primary_key: id
+    text_template: "{{body}}"
+    payload_columns: [lang]
+    collection_base: bench_retrieval_uncut
+    chunking: {{enabled: false}}
 """
 
 
 @dataclass
 class ModelRun:
     model: str
-    sync: dict[str, tuple[int, float, int]] = field(default_factory=dict)  # rows, s, tokens
+    # table -> rows, seconds, tokens, points written
+    sync: dict[str, tuple[int, float, int, int]] = field(default_factory=dict)
     recall: dict[tuple[str, str], float] = field(default_factory=dict)  # (mode, kind) -> r@10
 
 
@@ -181,6 +192,8 @@ def seed(ws: Workspace, short: list[dict[str, Any]], books: list[tuple[str, str]
         sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, arabic text, english text)").format(hadith)
     )
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, lang text, body text)").format(book))
+    uncut = sql.Identifier(ws.schema, "book_uncut")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL)").format(uncut, book))
     with conn.cursor() as cursor:
         with cursor.copy(
             sql.SQL("COPY {} (id, arabic, english) FROM STDIN").format(hadith)
@@ -190,12 +203,15 @@ def seed(ws: Workspace, short: list[dict[str, Any]], books: list[tuple[str, str]
         with cursor.copy(sql.SQL("COPY {} (id, lang, body) FROM STDIN").format(book)) as copy:
             for i, (lang, text) in enumerate(books, start=1):
                 copy.write_row((i, lang, text))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(uncut, book))
 
 
 def recall_at_10(queries: Sequence[Query], find: Callable[[Query], list[int]]) -> dict[str, float]:
     found: dict[str, list[bool]] = {}
     for query in queries:
-        kind = "long_last_third" if query.kind.startswith("long_last_third") else query.kind
+        kind = query.kind
+        if kind.startswith("long_last_third"):
+            kind = "long_last_third" + ("_uncut" if kind.endswith("_uncut") else "")
         for key in {kind, query.kind}:
             found.setdefault(key, []).append(query.row_id in find(query)[:10])
     return {kind: sum(hits) / len(hits) for kind, hits in found.items()}
@@ -223,7 +239,12 @@ def run_model(
             result = sync_configured_table(
                 conn=ws.conn, qdrant=qdrant, embedder=embedder, project=project, table=table
             )
-            run.sync[table.name] = (result.embedded, time.perf_counter() - started, result.tokens)
+            run.sync[table.name] = (
+                result.embedded,
+                time.perf_counter() - started,
+                result.tokens,
+                result.points_written,
+            )
         settings = model.sparse.settings()
         log(f"{key}: {len(queries)} queries")
 
@@ -305,6 +326,7 @@ def plain_sparse(
         "hadith": [(h["id"], h["arabic"]) for h in short],
         "book": [(i, text) for i, (_, text) in enumerate(books, start=1)],
     }
+    queries = [q for q in queries if q.table in corpora]
     for name, rows in corpora.items():
         client.create_collection(
             name,
@@ -388,12 +410,15 @@ def report(
             model = "(any)" if mode == "sparse, plain recipe" else run.model
             lines.append(f"| {model} | {mode} | " + " | ".join(cells) + " |")
     lines += ["", "Sync speed (embedding + BM25 + upsert into local-mode Qdrant, 2 cores):", ""]
-    lines += ["| model | table | rows | seconds | rows/s | tokens/s |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| model | table | rows | points | tokens | seconds | rows/s | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
-        for table, (rows, secs, tokens) in run.sync.items():
+        for table, (rows, secs, tokens, points) in run.sync.items():
             lines.append(
-                f"| {run.model} | {table} | {rows} | {secs:.1f} | {rows / secs:.1f} | "
-                f"{tokens / secs:.0f} |"
+                f"| {run.model} | {table} | {rows} | {points} | {tokens} | {secs:.1f} | "
+                f"{rows / secs:.1f} | {tokens / secs:.0f} |"
             )
     lines.append(MARK_END)
     return "\n".join(lines)

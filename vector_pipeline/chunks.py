@@ -4,15 +4,15 @@ A row whose rendered text fits the model's input limit is one chunk, exactly the
 (so existing points keep their ids and hashes). A longer one is split:
 
 - The template's short fields (a title, a collection name: by default every field whose value
-  has at most `REPEAT_MAX_CHARS` characters, or the table's `chunking.repeat` list) form a
-  header, with the literal text before each, repeated at the start of every chunk, so each
-  chunk still says what it belongs to.
+  has at most `REPEAT_MAX_CHARS` characters, except the row's longest field, which is always
+  body; or the table's `chunking.repeat` list) form a header, with the literal text before
+  each, repeated at the start of every chunk, so each chunk still says what it belongs to.
 - The rest (the long fields with their labels, in template order) is the body, split at
   whitespace into windows of at most the model's limit, counted with the model's own
   tokenizer (`count_tokens`, which includes the model's special tokens and prefix); each
   window starts `overlap_tokens` before the previous one ended, so a phrase cut by a boundary
-  is whole in one of the two chunks. A single "word" longer than half a window (a URL, base64)
-  is cut into character slices first.
+  is whole in one of the two chunks (at most half a window, so windows always advance). A
+  single "word" longer than half a window (a URL, base64) is cut into character slices first.
 - Every chunk is checked with `count_tokens` after it is assembled, and shortened word by word
   when the per-word estimate was low (tokenizers merge across spaces rarely, but they may).
 
@@ -77,10 +77,17 @@ def chunk_text(
 def _header_and_body(
     segments: list[tuple[str, str | None, str]], repeat: Sequence[str] | None
 ) -> tuple[str, str]:
+    longest = max(
+        (field for _, field, _ in segments if field is not None),
+        key=lambda f: max(len(v) for _, g, v in segments if g == f),
+    )
+
     def repeated(field: str | None, value: str) -> bool:
         if field is None:
             return False
-        return field in repeat if repeat is not None else len(value) <= REPEAT_MAX_CHARS
+        if repeat is not None:
+            return field in repeat
+        return field != longest and len(value) <= REPEAT_MAX_CHARS
 
     header = "".join(lit + value for lit, field, value in segments if repeated(field, value))
     body = "".join(lit + value for lit, field, value in segments if not repeated(field, value))
@@ -126,6 +133,7 @@ def _windows(
     overlap_tokens: int,
 ) -> list[str]:
     chunks: list[str] = []
+    overlap_tokens = min(overlap_tokens, budget // 2)
     start = 0
     while start < len(words):
         end, used = start, 0
@@ -146,3 +154,33 @@ def _windows(
             overlap += words[back][1]
         start = back
     return chunks
+
+
+class Chunker:
+    """A table's chunking for one embedder: `split(values)` gives a row's chunks.
+
+    Chunking needs the embedder's own token count (`count_tokens`) and input limit
+    (`max_tokens_per_input`): the local models, e5, OpenAI-compatible APIs (cl100k, exact) and
+    Jina (an upper bound in UTF-8 bytes, so its chunks are smaller than they could be). With
+    `chunking.enabled: false`, or an embedder without both, a row is one text, cut by the
+    provider and flagged `truncated` as before.
+    """
+
+    def __init__(self, table: Any, embedder: Any) -> None:
+        self._table = table
+        self._count: TokenCounter | None = getattr(embedder, "count_tokens", None)
+        self._limit: int | None = getattr(embedder, "max_tokens_per_input", None)
+        self.enabled = bool(table.chunking.enabled and self._count and self._limit)
+
+    def split(self, values: Mapping[str, Any]) -> list[str]:
+        if not self.enabled:
+            return [self._table.render_text(values)]
+        assert self._count is not None and self._limit is not None
+        return chunk_text(
+            self._table.text_template,
+            {column: values[column] for column in self._table.text_columns},
+            self._count,
+            self._limit,
+            overlap_tokens=self._table.chunking.overlap_tokens,
+            repeat=self._table.chunking.repeat,
+        )

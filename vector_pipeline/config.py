@@ -76,6 +76,11 @@ def _parse_secret(value: Any) -> Any:
 # Arabic and Persian beside English. English text encodes exactly as fastembed's Qdrant/bm25
 # under these too (sparse.py), so only Arabic-script text differs from the plain recipe.
 DEFAULT_SPARSE_LANGUAGES = ("english", "arabic", "persian")
+# Arabic tokens keep their normalised form by default: on known-item queries over Sahih
+# al-Bukhari, BM25 alone finds 0.965 of them in the top 10 unstemmed, 0.93 with Snowball's
+# Arabic stemmer and 0.945 with a light (prefix/suffix) stemmer (benchmarks/retrieval.py's
+# queries, 1,000 hadith; BENCHMARKS.md). English keeps Snowball: Qdrant/bm25 parity.
+DEFAULT_UNSTEMMED = ("arabic",)
 
 
 class SparseConfig(_Strict):
@@ -86,13 +91,21 @@ class SparseConfig(_Strict):
         description=f"Tokens are stemmed and filtered per script; one of {', '.join(LANGUAGES)}.",
     )
 
+    unstemmed: list[str] = Field(
+        default=list(DEFAULT_UNSTEMMED),
+        description="Languages whose tokens are not stemmed (their normalised form is kept).",
+    )
+
     @model_validator(mode="after")
     def _valid(self) -> SparseConfig:
         self.settings()  # raises ValueError naming the language; pydantic adds the key
         return self
 
     def settings(self) -> SparseSettings:
-        return SparseSettings(languages=tuple(self.languages))
+        return SparseSettings(
+            languages=tuple(self.languages),
+            unstemmed=tuple(n for n in self.unstemmed if n in self.languages),
+        )
 
 
 class _ModelBase(_Strict):
@@ -133,6 +146,8 @@ class DeterministicModel(_ModelBase):
 
     provider: Literal["deterministic"]
     batch_size: int = Field(default=256, gt=0)
+    # None: no limit. Set, rows longer than this many words are chunked (tests of long rows).
+    max_tokens_per_input: int | None = Field(default=None, gt=0)
 
 
 class _HttpModel(_ModelBase):
@@ -223,9 +238,26 @@ class EmbeddingsConfig(_Strict):
 
 
 DEFAULT_TEXT_TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
-# Bumped whenever `render_text` changes what it makes of the same values: every table's marks
-# are then re-checked once (rows whose text is unchanged keep their points, unpaid).
-RENDERING_VERSION = 1
+# Bumped whenever `render_text` changes what it makes of the same values, or how texts become
+# points: every table's marks are then re-checked once (rows whose points are as they would be
+# written now are marked again unpaid). 2: long rows are chunked, no longer cut.
+RENDERING_VERSION = 2
+
+
+class ChunkingConfig(_Strict):
+    """How a row longer than the model's input limit becomes several points (chunks.py)."""
+
+    enabled: bool = Field(
+        default=True, description="false: long texts are cut at the limit (flagged truncated)."
+    )
+    overlap_tokens: int = Field(
+        default=32, ge=0, le=1024, description="Tokens each chunk repeats from the one before."
+    )
+    repeat: tuple[str, ...] | None = Field(
+        default=None,
+        description="Template fields repeated on every chunk (default: those of at most "
+        "300 characters in the row).",
+    )
 
 
 class TableConfig(_Strict):
@@ -242,8 +274,19 @@ class TableConfig(_Strict):
     payload_columns: tuple[str, ...] = ()
     name_column: str | None = None
     collection_base: str
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _repeat_fields(self) -> TableConfig:
+        unknown = [f for f in self.chunking.repeat or () if f not in self.text_columns]
+        if unknown:
+            raise ValueError(
+                f"chunking.repeat names {unknown[0]!r}, which text_template does not use; "
+                f"use some of {', '.join(self.text_columns)}"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -287,9 +330,12 @@ class TableConfig(_Strict):
 
     @property
     def rendering(self) -> str:
-        """A fingerprint of how rows become texts: the template and the rendering rules'
-        version. Marks made under another rendering vouch for other texts (store_state.py)."""
-        return hashlib.md5(f"{RENDERING_VERSION}\0{self.text_template}".encode()).hexdigest()
+        """A fingerprint of how rows become texts and points: the template, the chunking and
+        the rendering rules' version. Marks made under another rendering vouch for other
+        points (store_state.py)."""
+        chunking = self.chunking.model_dump_json()
+        text = f"{RENDERING_VERSION}\0{self.text_template}\0{chunking}"
+        return hashlib.md5(text.encode()).hexdigest()
 
     @property
     def payload_columns_and_name(self) -> tuple[str, ...]:

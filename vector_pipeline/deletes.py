@@ -25,7 +25,7 @@ from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import TOMBSTONE_TABLE
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.payloads import refresh_payloads
-from vector_pipeline.points import key_text_of_row_id, point_id, scroll_table_points
+from vector_pipeline.points import key_text_of_row_id, row_point_ids, scroll_table_points
 from vector_pipeline.source import SourceTable
 from vector_pipeline.store_state import StoreState
 from vector_pipeline.vector_store import delete_points
@@ -145,12 +145,7 @@ def _clean_collection(
                     held |= delete_points_of_gone_rows(source, qdrant, collection, points)
             else:
                 keys = [key for _, key, _ in gone if key is not None]
-                held = _delete_gone(
-                    source,
-                    qdrant,
-                    collection,
-                    {key: [point_id(table.data_type, key, collection)] for key in keys},
-                )
+                held = _delete_gone(source, qdrant, collection, {key: [] for key in keys})
             held |= refresh_payloads(source, qdrant, collection, refreshed)
         failpoint("after_tombstone_delete")
         # Recorded only after Qdrant applied the deletes: a crash in between redoes them. A
@@ -173,21 +168,24 @@ def _clean_collection(
 def _delete_gone(
     source: SourceTable, qdrant: QdrantClient, collection: str, points: dict[str, list[Any]]
 ) -> set[str]:
-    """Delete the points (`points`: key text -> point ids) of keys whose rows are gone;
-    return the keys a worker holds.
+    """Delete the points of keys whose rows are gone (`points`: key text -> ids known to be
+    the key's, besides the chunk ids its chunk 0 counts); return the keys a worker holds.
 
     A key that exists again belongs to a re-inserted row: it is pending (its point will be
     overwritten) or already synced with its new text, so its point stays. The claims keep a
-    re-inserted row from being embedded between the existence check and the delete.
+    re-inserted row from being embedded between the existence check and the delete; its chunk
+    ids are looked up after the claim, so none written before it is missed.
     """
     keys = list(points)
     claimed = source.claims.claim_keys(collection, keys)
     try:
         present = source.existing_keys(claimed)
+        gone = [key for key in claimed if key not in present]
+        chunk_ids = row_point_ids(qdrant, source.config.data_type, collection, gone)
         delete_points(
             qdrant,
             collection,
-            [point for key in claimed if key not in present for point in points[key]],
+            list(dict.fromkeys(point for key in gone for point in [*points[key], *chunk_ids[key]])),
         )
     finally:
         source.claims.release(collection, claimed)

@@ -71,6 +71,14 @@ def needs_reencoding(
     return table_encoded_with(qdrant, collection, table) != fingerprint(settings)
 
 
+def has_points(qdrant: QdrantClient, collection: str, table: str) -> bool:
+    """Whether `table` has any point in `collection` (one scrolled id, no count)."""
+    page, _ = qdrant.scroll(
+        collection, scroll_filter=table_filter(table), limit=1, with_payload=False
+    )
+    return bool(page)
+
+
 def reencode(qdrant: QdrantClient, collection: str, table: str, settings: SparseSettings) -> int:
     """Re-encode the sparse vector of each of `table`'s points from its `content` under
     `settings`, rewrite those that changed, then record the settings; returns how many

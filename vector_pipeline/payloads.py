@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from qdrant_client import QdrantClient, models
 
-from vector_pipeline.points import payload_fields, point_id
+from vector_pipeline.points import existing_row_points, payload_fields
 from vector_pipeline.source import SourceTable
 
 
@@ -26,11 +26,10 @@ def refresh_payloads(
     claimed = source.claims.claim_keys(collection, list(dict.fromkeys(keys)))
     try:
         rows = source.payload_values(claimed)
-        ids = {point_id(table.data_type, key, collection): key for key in rows}
-        existing = qdrant.retrieve(collection, ids=list(ids), with_payload=False) if ids else []
+        # Every chunk of a row carries the row's payload (points.py).
+        existing = existing_row_points(qdrant, table.data_type, collection, list(rows))
         operations: list[models.UpdateOperation] = []
-        for record in existing:
-            key = ids[str(record.id)]
+        for key, ids in existing.items():
             values = rows[key]
             top, shown = payload_fields(
                 data_type=table.data_type,
@@ -40,14 +39,14 @@ def refresh_payloads(
             )
             operations.append(
                 models.SetPayloadOperation(
-                    set_payload=models.SetPayload(payload=top, points=[record.id])
+                    set_payload=models.SetPayload(payload=top, points=list(ids))
                 )
             )
             if shown:
                 operations.append(
                     models.SetPayloadOperation(
                         set_payload=models.SetPayload(
-                            payload=shown, points=[record.id], key="meta_data"
+                            payload=shown, points=list(ids), key="meta_data"
                         )
                     )
                 )

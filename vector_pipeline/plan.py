@@ -1,9 +1,11 @@
 """What a sync would cost before it runs: pending rows, tokens and dollars per table and model.
 
 Tokens are counted with the provider's own tokenizer where it is available offline (OpenAI's
-cl100k_base, exactly; MiniLM's word pieces), and bounded by UTF-8 bytes for Jina, whose
-tokenizer is not (an upper bound). Texts are cut at the model's input limit, as the sync cuts
-them. Up to `sample` pending rows are read; beyond that the count is scaled to all pending rows.
+cl100k_base, exactly; the local models' own tokenizers), and bounded by UTF-8 bytes for Jina,
+whose tokenizer is not (an upper bound). A text over the model's input limit is counted as the
+chunks the sync will send (chunks.py: the repeated header and the overlap included), or cut at
+the limit when the table's chunking is off. Up to `sample` pending rows are read; beyond that
+the count is scaled to all pending rows.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import asdict, dataclass
 import psycopg
 from qdrant_client import QdrantClient
 
+from vector_pipeline.chunks import chunk_text
 from vector_pipeline.config import (
     DeterministicModel,
     EmbeddingModel,
     LocalModel,
     OpenAIModel,
     ProjectConfig,
+    TableConfig,
     collection_name_for,
 )
 from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
@@ -51,20 +55,20 @@ class PlanEntry:
         return asdict(self)
 
 
-class _WordPieces:
-    """MiniLM's tokenizer, loaded from the files the local model ships with."""
+class _ModelTokens:
+    """A local model's own tokenizer (the embedder's count_tokens), special tokens included."""
 
-    name = "word pieces"
+    def __init__(self, model: LocalModel) -> None:
+        from vector_pipeline.embedders import build_embedder
 
-    def __init__(self) -> None:
-        from tokenizers import Tokenizer
-
-        from vector_pipeline.embedders.local import _minilm_files
-
-        self._tokenizer = Tokenizer.from_file(str(_minilm_files().tokenizer))
+        self._embedder = build_embedder("plan", model)
+        self.name = (
+            "sentencepiece (XLM-R)" if model.id == "multilingual-e5-small" else "word pieces"
+        )
 
     def count(self, texts: Sequence[str]) -> list[int]:
-        return [len(encoding.ids) for encoding in self._tokenizer.encode_batch(list(texts))]
+        count = self._embedder.count_tokens  # type: ignore[attr-defined]
+        return [count(text) for text in texts]
 
 
 class _Words:
@@ -74,7 +78,7 @@ class _Words:
         return [len(text.split()) for text in texts]
 
 
-Counter = Cl100kCounter | Utf8ByteCounter | _WordPieces | _Words
+Counter = Cl100kCounter | Utf8ByteCounter | _ModelTokens | _Words
 
 
 def token_counter(model: EmbeddingModel) -> tuple[Counter, bool]:
@@ -82,19 +86,45 @@ def token_counter(model: EmbeddingModel) -> tuple[Counter, bool]:
     if isinstance(model, OpenAIModel):
         return Cl100kCounter(), True
     if isinstance(model, LocalModel):
-        return _WordPieces(), True
+        return _ModelTokens(model), True
     if isinstance(model, DeterministicModel):
         return _Words(), True
     return Utf8ByteCounter(), False
 
 
-def capped_tokens(counter: Counter, model: EmbeddingModel, texts: Sequence[str]) -> int:
-    """The tokens `texts` would send to `model`: each cut at the model's input limit, as the
-    sync cuts it."""
-    if not texts:
-        return 0
+def input_limit(model: EmbeddingModel) -> int | None:
+    """The tokens one input may hold, as the embedder applies it (None: no limit)."""
     cap = getattr(model, "max_tokens_per_input", None)
-    return sum(min(n, cap) if cap else n for n in counter.count(texts))
+    per_request = getattr(model, "max_tokens_per_request", None)
+    return min(cap, per_request) if cap and per_request else cap
+
+
+def text_tokens(counter: Counter, texts: Sequence[str]) -> int:
+    """The tokens whole `texts` hold, uncut: what a session budget reserves before a batch is
+    sent (the sync chunks long texts, so the chunks' overlap and repeated headers add a
+    little more, about 10% for texts over the limit; see `row_tokens` for the exact count)."""
+    return sum(counter.count(texts)) if texts else 0
+
+
+def row_tokens(counter: Counter, model: EmbeddingModel, table: TableConfig, values: dict) -> int:
+    """The tokens one row's text costs: its chunks' when the sync would chunk it, else the
+    text cut at the model's input limit."""
+    text = table.render_text(values)
+    (n,) = counter.count([text])
+    cap = input_limit(model)
+    if not cap or n <= cap:
+        return n
+    if not table.chunking.enabled:
+        return cap
+    chunks = chunk_text(
+        table.text_template,
+        {column: values[column] for column in table.text_columns},
+        lambda t: counter.count([t])[0],
+        cap,
+        overlap_tokens=table.chunking.overlap_tokens,
+        repeat=table.chunking.repeat,
+    )
+    return sum(counter.count(chunks))
 
 
 def price(model: EmbeddingModel) -> float | None:
@@ -136,16 +166,21 @@ def plan(
             pending = (
                 source.counts(collection).total if every_row else source.pending_count(collection)
             )
-            texts = source.pending_texts(collection, sample, every_row=every_row) if pending else []
-            with_text = {key: text for key, text in texts if text is not None}
+            texts = (
+                source.pending_values(collection, sample, every_row=every_row) if pending else []
+            )
+            with_text = {key: values for key, values in texts if values is not None}
             current: set[str] = set()
             if qdrant is not None:
-                items = list(with_text.items())
+                items = [(key, table.render_text(values)) for key, values in with_text.items()]
                 for start in range(0, len(items), LOOKUP_BATCH):
                     chunk = dict(items[start : start + LOOKUP_BATCH])
                     current |= current_keys(qdrant, table.data_type, collection, chunk)
-            wanted = [text for key, text in with_text.items() if key not in current]
-            counted = capped_tokens(counter, model, wanted)
+            counted = sum(
+                row_tokens(counter, model, table, values)
+                for key, values in with_text.items()
+                if key not in current
+            )
             everything = len(texts) >= pending
             tokens = counted if everything else round(counted * pending / max(len(texts), 1))
             per_million = price(model)

@@ -16,6 +16,14 @@ and truncate drains, claims, skips, reconcile and repair cannot drift apart:
 - **Payload.** Agno's hybrid layout (`name`, `meta_data`, `content`, `content_hash`, `usage`,
   `content_id`); `meta_data.table` and `meta_data.row_id` lead back to the row. `row_id` is the
   key text, or the integer itself for a single integer column (as the reference stored it).
+- **Chunks.** A row whose text is longer than the model reads is split (chunks.py); each chunk
+  is a point. Chunk 0 has the reference id, so a row that fits is exactly one point as before;
+  chunk k >= 1 has `chunk_point_id` (the formula with "\\0k" appended, which no row's formula
+  string can equal: PostgreSQL text holds no NUL). The points of a chunked row carry
+  `meta_data.chunk` (k), `meta_data.chunks` (n) and `meta_data.text_hash` (md5 of the row's
+  whole text; each point's `content_hash` is its own chunk's); chunk 0 also carries
+  `meta_data.chunk_ids`: every chunk id below it may exist (a row that shrank, a write that
+  crashed), so deletes and rewrites clean them all.
 - **Filters and scrolling** over one table's points.
 """
 
@@ -155,6 +163,170 @@ def point_id(data_type: str, key_text: str, collection: str) -> str:
     return str(uuid.UUID(digest))
 
 
+def chunk_point_id(data_type: str, key_text: str, collection: str, chunk: int) -> str:
+    """The id of chunk `chunk` of a row: `point_id` for chunk 0 (so rows that fit keep the
+    reference id), else the same formula with a NUL and the chunk number appended."""
+    if chunk == 0:
+        return point_id(data_type, key_text, collection)
+    text = f"{data_type}_{key_text}_{collection}\0{chunk}"
+    return str(uuid.UUID(hashlib.md5(text.encode()).hexdigest()))
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """What a row's chunk 0 says about the row's points in a collection.
+
+    `text_hash`: md5 of the whole text they hold (None: not a hash we wrote); `chunks`: how
+    many chunks the text has; `chunk_ids`: how many chunk ids may hold points (>= chunks);
+    `complete`: every chunk 1..chunks-1 exists and holds the same text (checked by
+    `stored_rows(..., verify=...)`; True for a one-chunk row).
+    """
+
+    text_hash: str | None
+    chunks: int
+    chunk_ids: int
+    complete: bool = True
+
+    def ids(self, data_type: str, key_text: str, collection: str, start: int = 0) -> list[str]:
+        """The ids of every chunk from `start` that may exist, chunk 0 last (deleting in this
+        order never leaves chunks without the chunk 0 that counts them)."""
+        chunk_ids = [
+            chunk_point_id(data_type, key_text, collection, k)
+            for k in range(max(start, 1), max(self.chunks, self.chunk_ids))
+        ]
+        return chunk_ids + ([point_id(data_type, key_text, collection)] if start == 0 else [])
+
+
+def stored_row(payload: dict[str, Any] | None) -> StoredRow:
+    """The StoredRow a chunk-0 point's payload describes (a point of another writer, or from
+    before chunks, is one chunk holding its `content_hash`)."""
+    meta = (payload or {}).get("meta_data")
+    meta = meta if isinstance(meta, dict) else {}
+    chunks = _positive_int(meta.get("chunks"))
+    text_hash = stored_hash({"content_hash": meta.get("text_hash")}) if chunks else None
+    if chunks is None:
+        return StoredRow(stored_hash(payload), 1, 1)
+    return StoredRow(text_hash, chunks, max(chunks, _positive_int(meta.get("chunk_ids")) or 1))
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def row_hash(payload: dict[str, Any] | None) -> str | None:
+    """The md5 of the whole row text a point holds part or all of."""
+    meta = (payload or {}).get("meta_data")
+    if isinstance(meta, dict) and meta.get("chunks") is not None:
+        return stored_hash({"content_hash": meta.get("text_hash")})
+    return stored_hash(payload)
+
+
+# Chunk ids per lookup request when checking that a chunked row's chunks are all there.
+_LOOKUP = 1000
+
+
+def stored_rows(
+    qdrant: QdrantClient,
+    data_type: str,
+    collection: str,
+    keys: Sequence[str],
+    *,
+    verify: dict[str, str] | None = None,
+) -> dict[str, StoredRow]:
+    """Key text -> StoredRow for the keys whose chunk 0 exists in `collection`.
+
+    With `verify` (key text -> md5 of the row's text now), a chunked row whose chunk 0 holds
+    that text has its other chunks looked up too: `complete` says whether they all exist and
+    hold it. (Chunk 0 is written first, so a crash mid-row leaves it ahead of the others.)
+    """
+    if not keys or not qdrant.collection_exists(collection):
+        return {}
+    ids = {point_id(data_type, key, collection): key for key in keys}
+    found: dict[str, StoredRow] = {}
+    for start in range(0, len(ids), _LOOKUP):
+        records = qdrant.retrieve(
+            collection,
+            ids=list(ids)[start : start + _LOOKUP],
+            with_payload=[
+                "content_hash",
+                "meta_data.chunks",
+                "meta_data.text_hash",
+                "meta_data.chunk_ids",
+            ],
+            with_vectors=False,
+        )
+        for record in records:
+            found[ids[str(record.id)]] = stored_row(record.payload)
+    if verify:
+        _verify_chunks(qdrant, data_type, collection, found, verify)
+    return found
+
+
+def row_point_ids(
+    qdrant: QdrantClient, data_type: str, collection: str, keys: Sequence[str]
+) -> dict[str, list[str]]:
+    """Key text -> the ids of every point the row may have (chunk 0 last); a key whose chunk 0
+    is absent gets just its reference id. For deletes, which need not know which exist."""
+    found = stored_rows(qdrant, data_type, collection, keys)
+    return {
+        key: found[key].ids(data_type, key, collection)
+        if key in found
+        else [point_id(data_type, key, collection)]
+        for key in keys
+    }
+
+
+def existing_row_points(
+    qdrant: QdrantClient, data_type: str, collection: str, keys: Sequence[str]
+) -> dict[str, list[str]]:
+    """Key text -> ids of the points the row has in `collection` (absent keys are left out)."""
+    candidates = {
+        point: key
+        for key, ids in row_point_ids(qdrant, data_type, collection, keys).items()
+        for point in ids
+    }
+    found: dict[str, list[str]] = {}
+    if not candidates or not qdrant.collection_exists(collection):
+        return found
+    listed = list(candidates)
+    for start in range(0, len(listed), _LOOKUP):
+        for record in qdrant.retrieve(
+            collection, ids=listed[start : start + _LOOKUP], with_payload=False, with_vectors=False
+        ):
+            found.setdefault(candidates[str(record.id)], []).append(str(record.id))
+    return found
+
+
+def _verify_chunks(
+    qdrant: QdrantClient,
+    data_type: str,
+    collection: str,
+    found: dict[str, StoredRow],
+    verify: dict[str, str],
+) -> None:
+    wanted: dict[str, str] = {}
+    for key, row in found.items():
+        if row.chunks > 1 and key in verify and row.text_hash == verify[key]:
+            for k in range(1, row.chunks):
+                wanted[chunk_point_id(data_type, key, collection, k)] = key
+    good: dict[str, int] = {}
+    for start in range(0, len(wanted), _LOOKUP):
+        records = qdrant.retrieve(
+            collection,
+            ids=list(wanted)[start : start + _LOOKUP],
+            with_payload=["content_hash", "meta_data.chunks", "meta_data.text_hash"],
+            with_vectors=False,
+        )
+        for record in records:
+            key = wanted[str(record.id)]
+            if row_hash(record.payload) == verify[key]:
+                good[key] = good.get(key, 0) + 1
+    for key, row in list(found.items()):
+        if row.chunks > 1:
+            complete = row.text_hash == verify.get(key) and good.get(key, 0) == row.chunks - 1
+            found[key] = StoredRow(row.text_hash, row.chunks, row.chunk_ids, complete)
+
+
 def content_hash(text: str) -> str:
     """md5 of the embedded text: what `payload.content_hash` holds and reconcile compares."""
     return hashlib.md5(text.encode()).hexdigest()
@@ -187,8 +359,17 @@ def point_payload(
     text: str,
     truncated: bool,
     payload_values: dict[str, Any],
+    chunk: int = 0,
+    chunks: int = 1,
+    text_hash: str | None = None,
+    chunk_ids: int = 1,
 ) -> dict[str, Any]:
-    """The payload of a row's point (Agno's hybrid layout plus `meta_data` for the row)."""
+    """The payload of a row's point (Agno's hybrid layout plus `meta_data` for the row).
+
+    `text` is this point's chunk; a chunked row (`chunks` > 1, or a chunk 0 whose
+    `chunk_ids` says more ids may exist) also records `chunk`, `chunks`, `text_hash` (md5 of
+    the whole text) and, on chunk 0, `chunk_ids`. A row of one chunk with no history gets
+    exactly the payload it had before chunks existed."""
     top, shown = payload_fields(
         data_type=data_type, key_text=key_text, name=name, payload_values=payload_values
     )
@@ -200,6 +381,10 @@ def point_payload(
         "truncated": truncated,
         **shown,
     }
+    if chunks > 1 or chunk_ids > 1:
+        meta.update(chunk=chunk, chunks=chunks, text_hash=text_hash or content_hash(text))
+        if chunk == 0:
+            meta["chunk_ids"] = max(chunks, chunk_ids)
     return {
         **top,
         "meta_data": meta,
@@ -267,21 +452,12 @@ def scroll_table_points(
 def current_keys(
     qdrant: QdrantClient, data_type: str, collection: str, texts: dict[str, str]
 ) -> set[str]:
-    """The key texts among `texts` (key text -> the text it would embed now) whose point in
-    `collection` already holds exactly that text (same `content_hash`): such a row needs a
-    mark, not an embedding."""
-    if not texts or not qdrant.collection_exists(collection):
-        return set()
-    ids = {point_id(data_type, key, collection): key for key in texts}
-    records = qdrant.retrieve(
-        collection, ids=list(ids), with_payload=["content_hash"], with_vectors=False
-    )
-    return {
-        key
-        for record in records
-        if (key := ids.get(str(record.id))) is not None
-        and stored_hash(record.payload) == content_hash(texts[key])
-    }
+    """The key texts among `texts` (key text -> the text it would embed now) whose points in
+    `collection` already hold exactly that text, every chunk of it: such a row needs a mark,
+    not an embedding (unless it would now be chunked differently; the sync checks that)."""
+    hashes = {key: content_hash(text) for key, text in texts.items()}
+    found = stored_rows(qdrant, data_type, collection, list(texts), verify=hashes)
+    return {key for key, row in found.items() if row.complete and row.text_hash == hashes[key]}
 
 
 def stored_hash(payload: dict[str, Any] | None) -> str | None:

@@ -7,9 +7,12 @@ rows marked embedded, `reconcile` finds three kinds of breakage:
 
 - missing: the row's point is absent;
 - stale: the point's `content_hash` is not the md5 of the row's current rendered text (or the
-  row has no text at all, so a sync would skip it, yet a point remains);
-- orphan: a point of the table (`meta_data.table`) whose id is no current row's point id: left
-  by a deleted row, or written under another `data_type` or collection formula;
+  row has no text at all, so a sync would skip it, yet a point remains); for a row stored as
+  chunks (points.py), chunk 0's `meta_data.text_hash` is compared, and a chunk that is absent
+  or holds another text makes the row stale too;
+- orphan: a point of the table (`meta_data.table`) whose id is no current row's point id nor
+  one of its chunks' (chunk 0 counts them): left by a deleted row, a row that shrank, or
+  written under another `data_type` or collection formula;
 - payload drift: the point holds the row's text, but an old `name` or payload column (a change
   the payload trigger did not get to Qdrant).
 
@@ -49,13 +52,16 @@ from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import pending_condition
 from vector_pipeline.payloads import refresh_payloads
 from vector_pipeline.points import (
+    chunk_point_id,
     content_hash,
     key_text_of_row_id,
     payload_digest,
     payload_fields,
     point_id,
+    row_hash,
     scroll_table_points,
-    stored_hash,
+    stored_row,
+    stored_rows,
 )
 from vector_pipeline.source import SourceTable
 
@@ -205,6 +211,7 @@ class _Tally:
 @dataclass(frozen=True)
 class _Candidate:
     key: str | int  # the row's key as reported (KeyLayout.row_id)
+    key_text: str
     point: PointKey
     digest: bytes | None  # md5 of the row's text; None: the row has no text, wants no point
     payload: bytes | None = None  # points.payload_digest of the row's name and payload columns
@@ -246,6 +253,22 @@ class _Checker:
                 with_vectors=False,
             )
             current = {_point_key(r.id): _stored(r.payload, self.table) for r in records}
+        # Chunked rows whose chunk 0 holds their text: are the other chunks all there?
+        chunked = {
+            c.key_text: c.digest.hex()
+            for c in self.pending
+            if c.digest is not None
+            and (stored := current.get(c.point)) is not None
+            and stored[2] > 1
+            and stored[0] == c.digest
+        }
+        verified = (
+            stored_rows(
+                self.qdrant, self.table.data_type, self.collection, list(chunked), verify=chunked
+            )
+            if chunked
+            else {}
+        )
         for candidate in self.pending:
             stored = current.get(candidate.point)
             if candidate.digest is None:
@@ -253,7 +276,11 @@ class _Checker:
                     self.stale.add(candidate.key)
             elif stored is None:
                 self.missing.add(candidate.key)
-            elif stored[0] != candidate.digest:
+            elif (
+                stored[0] != candidate.digest
+                or candidate.key_text in chunked
+                and not (candidate.key_text in verified and verified[candidate.key_text].complete)
+            ):
                 self.stale.add(candidate.key)
             elif stored[1] != candidate.payload:
                 self.drift.add(candidate.key)
@@ -274,8 +301,15 @@ def _scan(
     for key, values, is_embedded in _stream_rows(source, collection):
         rows += 1
         point = _point_key(point_id(table.data_type, key, collection))
-        # Every row claims its point, pending or not; the points left unclaimed are orphans.
+        # Every row claims its point and the chunks its chunk 0 counts, pending or not; the
+        # points left unclaimed are orphans.
         stored = points.pop(point, None)
+        chunks_whole = True
+        for k in range(1, stored[2] if stored is not None else 1):
+            chunk = points.pop(
+                _point_key(chunk_point_id(table.data_type, key, collection, k)), None
+            )
+            chunks_whole = chunks_whole and chunk is not None and chunk[0] == stored[0]
         if not is_embedded:
             continue
         embedded += 1
@@ -283,7 +317,7 @@ def _scan(
         if not table.has_text(values):
             # A sync skips a row without text: it should hold no point.
             if stored is not None:
-                checker.add(_Candidate(row_id, point, None))
+                checker.add(_Candidate(row_id, key, point, None))
             continue
         digest = bytes.fromhex(content_hash(table.render_text(values)))
         top, shown = payload_fields(
@@ -293,8 +327,8 @@ def _scan(
             payload_values={c: values[c] for c in table.payload_columns},
         )
         payload = payload_digest(top, shown, table.payload_columns)
-        if stored != (digest, payload):
-            checker.add(_Candidate(row_id, point, digest, payload))
+        if stored is None or stored[:2] != (digest, payload) or not chunks_whole:
+            checker.add(_Candidate(row_id, key, point, digest, payload))
     checker.flush()
     for point in points:
         orphans.add(_point_id_text(point) if isinstance(point, bytes) else point)
@@ -316,18 +350,20 @@ def _scan(
     )
 
 
-# A stored point, as reconcile keeps it: its content hash and its payload digest.
-_Stored = tuple[bytes, bytes]
+# A stored point, as reconcile keeps it: the hash of the row text it holds (part of), its
+# payload digest, and how many chunks it says the row has (1 unless chunked).
+_Stored = tuple[bytes, bytes, int]
 _PAYLOAD_READ = ("content_hash", "name", "meta_data")
 
 
 def _stored(payload: dict[str, Any] | None, table: TableConfig) -> _Stored:
     payload = payload or {}
     meta = payload.get("meta_data")
-    return _digest(payload), payload_digest(
-        {"name": payload.get("name")},
-        meta if isinstance(meta, dict) else {},
-        table.payload_columns,
+    meta = meta if isinstance(meta, dict) else {}
+    return (
+        _digest(payload),
+        payload_digest({"name": payload.get("name")}, meta, table.payload_columns),
+        stored_row(payload).chunks,
     )
 
 
@@ -396,15 +432,27 @@ def _still_orphans(
     have written its new text under the same id.
     """
     records = qdrant.retrieve(
-        collection, ids=ids, with_payload=["meta_data.row_id"], with_vectors=False
+        collection,
+        ids=ids,
+        with_payload=["meta_data.row_id", "meta_data.chunk"],
+        with_vectors=False,
     )
-    claims: dict[str, str] = {}
+    data_type = source.config.data_type
+    claims: dict[str, tuple[str, int]] = {}
     for record in records:
-        key = key_text_of_row_id(((record.payload or {}).get("meta_data") or {}).get("row_id"))
-        if key is not None and point_id(source.config.data_type, key, collection) == str(record.id):
-            claims[str(record.id)] = key
-    existing = source.existing_keys(list(claims.values()))
-    back = {point for point, key in claims.items() if key in existing}
+        meta = (record.payload or {}).get("meta_data") or {}
+        key = key_text_of_row_id(meta.get("row_id"))
+        chunk = meta.get("chunk") if isinstance(meta.get("chunk"), int) else 0
+        if key is not None and chunk_point_id(data_type, key, collection, chunk) == str(record.id):
+            claims[str(record.id)] = (key, chunk)
+    existing = source.existing_keys([key for key, _ in claims.values()])
+    # A chunk is back only if the row's chunk 0 counts it now.
+    counted = stored_rows(qdrant, data_type, collection, [k for k, _ in claims.values()])
+    back = {
+        point
+        for point, (key, chunk) in claims.items()
+        if key in existing and (chunk == 0 or (key in counted and chunk < counted[key].chunks))
+    }
     return [record.id for record in records if str(record.id) not in back], len(back)
 
 
@@ -422,7 +470,7 @@ def _point_id_text(point: PointKey) -> str | int:
 
 
 def _digest(payload: dict[str, Any] | None) -> bytes:
-    value = stored_hash(payload)
+    value = row_hash(payload)
     return bytes.fromhex(value) if value is not None else _NO_HASH
 
 

@@ -16,7 +16,7 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline import encoding
 from vector_pipeline.embedders import Embedder
-from vector_pipeline.sparse import NORMALISATION_VERSION, SparseSettings
+from vector_pipeline.sparse import LANGUAGES, NORMALISATION_VERSION, SparseSettings
 from vector_pipeline.sync import DEFAULT_SPARSE, bm25
 from vector_pipeline.vector_store import Hit, hybrid_query
 
@@ -121,8 +121,16 @@ def query_settings(
     if described:
         normalisation = described.get("normalisation")
         try:
+            stemmers = described.get("stemmers") or {}
             settings = SparseSettings(
                 languages=tuple(described["languages"]),
+                unstemmed=tuple(
+                    n
+                    for n in described["languages"]
+                    if stemmers.get(n) is None
+                    and LANGUAGES.get(n) is not None
+                    and LANGUAGES[n].stemmer
+                ),
                 k=float(described["k"]),
                 b=float(described["b"]),
                 avg_len=float(described["avg_len"]),

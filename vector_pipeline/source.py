@@ -308,10 +308,10 @@ class SourceTable:
             lacking, skipped = self._lacking_and_skipped(collection, steerable)
         return TableCounts(total=total, embedded=total - lacking, skipped=skipped)
 
-    def pending_texts(
+    def pending_values(
         self, collection: str, limit: int, *, every_row: bool = False
-    ) -> list[tuple[str, str | None]]:
-        """(key text, the text it would embed, or None: no text) of the first `limit` pending
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """(key text, the text columns' values, or None: no text) of the first `limit` pending
         rows (with `every_row`, of the first rows whether pending or not), read only.
 
         For estimates (`plan`): no claim is taken and nothing is locked.
@@ -326,13 +326,12 @@ class SourceTable:
             self.key.columns_of("t"),
         )
         columns = self.config.text_columns
-        texts: list[tuple[str, str | None]] = []
+        rows: list[tuple[str, dict[str, Any] | None]] = []
         with self.conn.cursor() as cursor:
             for key, *values in cursor.execute(query, (limit,)):
                 row = dict(zip(columns, values, strict=True))
-                text = self.config.render_text(row) if self.config.has_text(row) else None
-                texts.append((key, text))
-        return texts
+                rows.append((key, row if self.config.has_text(row) else None))
+        return rows
 
     def pending_count(self, collection: str) -> int:
         """Rows waiting for `collection`; served by the partial index init-db creates."""

@@ -132,11 +132,13 @@ class SparseSettings:
     """A model's BM25 settings: what a reader needs to encode queries the same way.
 
     `languages`: names from `LANGUAGES`, at most one stemmer per script; the first handles
-    tokens of scripts no configured language covers. k, b and avg_len are BM25's (fastembed's
-    defaults: 1.2, 0.75, 256).
+    tokens of scripts no configured language covers. `unstemmed`: languages whose tokens keep
+    their (normalised) form instead of their Snowball stem; names not in `languages` are
+    ignored. k, b and avg_len are BM25's (fastembed's defaults: 1.2, 0.75, 256).
     """
 
     languages: tuple[str, ...] = ("english",)
+    unstemmed: tuple[str, ...] = ()
     k: float = 1.2
     b: float = 0.75
     avg_len: float = 256.0
@@ -152,6 +154,16 @@ class SparseSettings:
             )
         if len(set(self.languages)) != len(self.languages):
             raise ValueError(f"sparse languages {list(self.languages)} names one twice")
+        unknown = [name for name in self.unstemmed if name not in LANGUAGES]
+        if unknown:
+            raise ValueError(
+                f"sparse unstemmed language {unknown[0]!r} is not supported; use some of "
+                f"{', '.join(LANGUAGES)}"
+            )
+
+    def stemmer(self, name: str) -> str | None:
+        """The Snowball stemmer language `name`'s tokens get (None: kept as they are)."""
+        return None if name in self.unstemmed else LANGUAGES[name].stemmer
 
     @property
     def normalises(self) -> bool:
@@ -168,7 +180,7 @@ class SparseSettings:
             "normalisation": (
                 f"normalise_arabic_script v{NORMALISATION_VERSION}" if self.normalises else None
             ),
-            "stemmers": {name: LANGUAGES[name].stemmer for name in self.languages},
+            "stemmers": {name: self.stemmer(name) for name in self.languages},
             "stopwords": {name: LANGUAGES[name].stopwords for name in self.languages},
             "k": self.k,
             "b": self.b,
@@ -257,7 +269,7 @@ class Bm25:
         self.settings = settings
         self.k, self.b, self.avg_len = settings.k, settings.b, settings.avg_len
         self._normalises = settings.normalises
-        self._stems_of = _StemCache(settings.languages)
+        self._stems_of = _StemCache(settings)
 
     def embed_documents(self, texts: Sequence[str]) -> list[SparseVector]:
         """BM25 term-frequency vectors, one per text, for upserting into Qdrant."""
@@ -307,13 +319,14 @@ class _StemCache(dict[str, str]):
     input (hashes, random ids) at no cost to correctness.
     """
 
-    def __init__(self, languages: Sequence[str]) -> None:
+    def __init__(self, settings: SparseSettings) -> None:
         super().__init__()
+        languages = settings.languages
         handlers = {}
         for script in ("latin", "arabic"):
             names = [name for name in languages if LANGUAGES[name].script == script]
             if names:
-                stemmer = next((s for s in (LANGUAGES[n].stemmer for n in names) if s), None)
+                stemmer = next((s for s in map(settings.stemmer, names) if s), None)
                 handlers[script] = _Handler(_script_stopwords(names, script), stemmer)
         first = handlers[LANGUAGES[languages[0]].script]
         # Tokens holding an Arabic-script letter go to the Arabic-script languages, all

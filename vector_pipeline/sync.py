@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
@@ -26,8 +26,10 @@ from qdrant_client import QdrantClient
 
 from vector_pipeline import encoding
 from vector_pipeline.aliases import update_active_alias
+from vector_pipeline.chunks import Chunker
 from vector_pipeline.config import (
     DEFAULT_SPARSE_LANGUAGES,
+    DEFAULT_UNSTEMMED,
     ProjectConfig,
     TableConfig,
     collection_name_for,
@@ -35,7 +37,15 @@ from vector_pipeline.config import (
 from vector_pipeline.deletes import collection_lock, delete_points_of_gone_rows, drain_tombstones
 from vector_pipeline.embedders import Embedder
 from vector_pipeline.failpoints import failpoint
-from vector_pipeline.points import current_keys, point_id, point_payload, scroll_table_points
+from vector_pipeline.points import (
+    StoredRow,
+    chunk_point_id,
+    content_hash,
+    point_id,
+    point_payload,
+    scroll_table_points,
+    stored_rows,
+)
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import Bm25, SparseSettings
 from vector_pipeline.store_state import StoreState
@@ -89,6 +99,8 @@ class SyncResult:
     created_collection: bool = False
     marks_voided: int = 0  # marks removed because the store was not the one they were made in
     sparse_reencoded: int = 0  # points whose sparse vector was re-encoded for new BM25 settings
+    chunked: int = 0  # rows embedded as several chunks (their text is over the model's limit)
+    points_written: int = 0  # points upserted: one per chunk
     skipped_ids: list[Any] = field(default_factory=list)
     truncated_ids: list[Any] = field(default_factory=list)
     alias: str | None = None  # the active alias of the table's collections, if any
@@ -106,7 +118,7 @@ class SyncResult:
 
 # The BM25 settings of a sync that is not given a model's own (sync_configured_table passes
 # them): the same default every configured model gets.
-DEFAULT_SPARSE = SparseSettings(languages=DEFAULT_SPARSE_LANGUAGES)
+DEFAULT_SPARSE = SparseSettings(languages=DEFAULT_SPARSE_LANGUAGES, unstemmed=DEFAULT_UNSTEMMED)
 
 
 @cache
@@ -115,17 +127,17 @@ def bm25(settings: SparseSettings = DEFAULT_SPARSE) -> Bm25:
     return Bm25(settings=settings)
 
 
-def _payload(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
-    return point_payload(
-        table=table.name,
-        data_type=table.data_type,
-        row_id=row.row_id,
-        key_text=row.key,
-        name=row.values.get(table.name_column) if table.name_column else None,
-        text=text,
-        truncated=truncated,
-        payload_values={column: row.values[column] for column in table.payload_columns},
-    )
+def _payload_args(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
+    return {
+        "table": table.name,
+        "data_type": table.data_type,
+        "row_id": row.row_id,
+        "key_text": row.key,
+        "name": row.values.get(table.name_column) if table.name_column else None,
+        "text": text,
+        "truncated": truncated,
+        "payload_values": {column: row.values[column] for column in table.payload_columns},
+    }
 
 
 class BudgetExceeded(RuntimeError):
@@ -147,10 +159,15 @@ class EmbeddedBatch:
     wanted: list[SourceRow]
     skipped: list[SourceRow]
     adopted: list[SourceRow]
-    points: list[PointData]
-    truncated: tuple[int, ...]
+    points: list[PointData]  # every chunk 0 first, then the other chunks
+    truncated: tuple[int, ...]  # indexes into `wanted` of rows the model read only part of
     tokens: int
     started: float
+    # Chunk ids to delete once the points are written: chunks beyond a row's new count (it
+    # shrank, or a crashed write left them), every chunk of a skipped row.
+    stale_ids: list[str] = field(default_factory=list)
+    skipped_ids: list[str] = field(default_factory=list)
+    chunked: int = 0  # rows of `wanted` split into several chunks
 
 
 def embed_batch(
@@ -158,52 +175,116 @@ def embed_batch(
     table: TableConfig,
     embedder: Embedder,
     collection: str,
-    current: frozenset[str] = frozenset(),
+    stored: Mapping[str, StoredRow] | None = None,
     sparse_settings: SparseSettings = DEFAULT_SPARSE,
+    chunker: Chunker | None = None,
 ) -> EmbeddedBatch:
-    """Render, embed (dense and sparse) and build the points of one batch; rows whose key is
-    in `current` (their point already holds their text) are adopted, not embedded.
+    """Render and chunk each row, embed (dense and sparse) and build the points of one batch.
 
-    No database or Qdrant access, so batches can be embedded on worker threads while the main
-    thread reads the next batch and writes the previous one.
+    `stored` (lookup_points) says what each row's points hold now: a row whose points already
+    hold its current text, in the chunks it would be written as, is adopted (marked, not
+    embedded). No database or Qdrant access, so batches can be embedded on worker threads
+    while the main thread reads the next batch and writes the previous one.
     """
     started = time.perf_counter()
-    skipped = [row for row in rows if not table.has_text(row.values)]
-    adopted = [row for row in rows if row.key in current and table.has_text(row.values)]
-    wanted = [row for row in rows if row.key not in current and table.has_text(row.values)]
-    texts = [table.render_text(row.values) for row in wanted]
+    stored = stored or {}
+    chunker = chunker or Chunker(table, embedder)
+    data_type = table.data_type
+    skipped, adopted, wanted = [], [], []
+    stale_ids: list[str] = []
+    skipped_ids: list[str] = []
+    planned: list[tuple[SourceRow, list[str], str, int]] = []  # row, chunks, text hash, ids
+    for row in rows:
+        before = stored.get(row.key)
+        if not table.has_text(row.values):
+            skipped.append(row)
+            skipped_ids += (
+                before.ids(data_type, row.key, collection)
+                if before
+                else [point_id(data_type, row.key, collection)]
+            )
+            continue
+        chunks = chunker.split(row.values)
+        text_hash = content_hash(table.render_text(row.values))
+        ids_before = max(before.chunks, before.chunk_ids) if before else 1
+        if before and (before.text_hash, before.chunks, before.complete) == (
+            text_hash,
+            len(chunks),
+            True,
+        ):
+            adopted.append(row)
+        else:
+            wanted.append(row)
+            planned.append((row, chunks, text_hash, ids_before))
+        if before and ids_before > len(chunks):
+            stale_ids += before.ids(data_type, row.key, collection, start=len(chunks))
     if not wanted:
-        return EmbeddedBatch(rows, wanted, skipped, adopted, [], (), 0, started)
+        return EmbeddedBatch(
+            rows, wanted, skipped, adopted, [], (), 0, started, stale_ids, skipped_ids
+        )
+    texts = [chunk for _, chunks, _, _ in planned for chunk in chunks]
     dense = embedder.embed_documents(texts)
     failpoint("after_embed")
     sparse = bm25(sparse_settings).embed_documents(texts)
     cut = set(dense.truncated)
-    points = [
-        PointData(
-            id=point_id(table.data_type, row.key, collection),
-            dense=vector,
-            sparse=sparse_vector,
-            payload=_payload(table, row, text, index in cut),
-        )
-        for index, (row, text, vector, sparse_vector) in enumerate(
-            zip(wanted, texts, dense.vectors, sparse, strict=True)
-        )
-    ]
+    firsts: list[PointData] = []
+    others: list[PointData] = []
+    truncated: list[int] = []
+    index = 0
+    for position, (row, chunks, text_hash, ids_before) in enumerate(planned):
+        if any(index + k in cut for k in range(len(chunks))):
+            truncated.append(position)
+        for k, chunk in enumerate(chunks):
+            payload = point_payload(
+                **_payload_args(table, row, chunk, index + k in cut),
+                chunk=k,
+                chunks=len(chunks),
+                text_hash=text_hash,
+                chunk_ids=max(ids_before, len(chunks)),
+            )
+            point = PointData(
+                id=chunk_point_id(data_type, row.key, collection, k),
+                dense=dense.vectors[index + k],
+                sparse=sparse[index + k],
+                payload=payload,
+            )
+            # Chunk 0 first: it counts the row's chunk ids, so whatever a crash leaves behind
+            # is within what it says (points.py).
+            (firsts if k == 0 else others).append(point)
+        index += len(chunks)
     return EmbeddedBatch(
-        rows, wanted, skipped, adopted, points, dense.truncated, dense.tokens, started
+        rows,
+        wanted,
+        skipped,
+        adopted,
+        firsts + others,
+        tuple(truncated),
+        dense.tokens,
+        started,
+        stale_ids,
+        skipped_ids,
+        chunked=sum(1 for _, chunks, _, _ in planned if len(chunks) > 1),
     )
 
 
-def current_points(
+def lookup_points(
     qdrant: QdrantClient, table: TableConfig, collection: str, rows: Sequence[SourceRow]
-) -> frozenset[str]:
-    """Keys of `rows` whose point already holds their current text (points.current_keys).
+) -> dict[str, StoredRow]:
+    """What the points of `rows` hold now (points.stored_rows), chunks verified for rows
+    whose chunk 0 holds their current text.
 
-    Such a row was embedded into this collection before and lost only its mark (a restore,
-    a store check, a mark removed by hand): it is marked again without paying for it.
+    A row whose points already hold its text was embedded into this collection before and
+    lost only its mark (a restore, a store check, a mark removed by hand): it is marked again
+    without paying for it.
     """
-    texts = {row.key: table.render_text(row.values) for row in rows if table.has_text(row.values)}
-    return frozenset(current_keys(qdrant, table.data_type, collection, texts))
+    verify = {
+        row.key: content_hash(table.render_text(row.values))
+        for row in rows
+        if table.has_text(row.values)
+    }
+    return stored_rows(
+        qdrant, table.data_type, collection, [row.key for row in rows], verify=verify
+    )
 
 
 def write_batch(
@@ -214,18 +295,18 @@ def write_batch(
     collection: str,
     result: SyncResult,
 ) -> BatchReport:
-    """Upsert the batch's points and wait, then mark its rows; return what happened."""
-    table = source.config
+    """Upsert the batch's points and wait, delete the chunks no row has any more, then mark
+    its rows; return what happened."""
     if batch.skipped:
         # A row whose text is gone must not stay findable by its old text.
-        delete_points(
-            qdrant,
-            collection,
-            [point_id(table.data_type, r.key, collection) for r in batch.skipped],
-        )
+        delete_points(qdrant, collection, batch.skipped_ids)
         source.record_skips(collection, [(row, NO_TEXT) for row in batch.skipped])
     upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
+    # After the new chunks are written, so a row is never without points; before the marks,
+    # so a crash here leaves the row pending and the next sync deletes them (chunk_ids).
+    delete_points(qdrant, collection, batch.stale_ids)
+    failpoint("after_stale_chunks")
     adopted = source.mark_embedded(collection, batch.adopted) if batch.adopted else 0
     marked = source.mark_embedded(collection, batch.wanted, release=batch.rows)
     failpoint("after_mark")
@@ -235,6 +316,8 @@ def write_batch(
         (result.truncated_ids, [batch.wanted[i].row_id for i in batch.truncated]),
     ):
         samples.extend(found[: max(0, SAMPLE_IDS - len(samples))])
+    result.chunked += batch.chunked
+    result.points_written += len(batch.points)
     return BatchReport(
         rows=len(batch.rows),
         embedded=marked,
@@ -292,6 +375,12 @@ def sync_table(
             why = store.mismatch()  # another worker may have just dealt with it
             if why is not None:
                 result.marks_voided = void_marks(source, qdrant, store, why, log)
+    if encoding.needs_reencoding(
+        qdrant, collection, table.name, sparse
+    ) and not encoding.has_points(qdrant, collection, table.name):
+        # Nothing to re-encode, so nothing to lock: workers starting together on a new
+        # collection must not queue behind each other's exclusive lock.
+        encoding.record(qdrant, collection, table.name, sparse)
     if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
         with collection_lock(conn, schema, table, collection, log):
             if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
@@ -370,7 +459,20 @@ def void_marks(
     for points in scroll_table_points(qdrant, collection, table.name, ["meta_data.row_id"]):
         delete_points_of_gone_rows(source, qdrant, collection, points)
     skipped = [key for _, key, _, _ in source.skipped_rows(collection)]
-    delete_points(qdrant, collection, [point_id(table.data_type, k, collection) for k in skipped])
+    found = stored_rows(qdrant, table.data_type, collection, skipped)
+    delete_points(
+        qdrant,
+        collection,
+        [
+            point
+            for key in skipped
+            for point in (
+                found[key].ids(table.data_type, key, collection)
+                if key in found
+                else [point_id(table.data_type, key, collection)]
+            )
+        ],
+    )
     store.start()
     if recorded is None and not voided:
         return 0  # the table's first sync into this collection: nothing to distrust
@@ -424,13 +526,15 @@ def _sync_pending(
     in_flight: deque[tuple[list[SourceRow], Future[EmbeddedBatch]]] = deque()
     failed = threading.Event()
 
-    def embed(rows: list[SourceRow], current: frozenset[str]) -> EmbeddedBatch:
+    chunker = Chunker(table, embedder)
+
+    def embed(rows: list[SourceRow], current: dict[str, StoredRow]) -> EmbeddedBatch:
         # Once one batch has failed, queued batches send nothing: a rejected key or a dead
         # provider costs one failed request per worker, not one per batch read ahead.
         if failed.is_set():
             raise _PipelineStopped
         try:
-            return embed_batch(rows, table, embedder, collection, current, sparse)
+            return embed_batch(rows, table, embedder, collection, current, sparse, chunker)
         except BaseException:
             failed.set()
             raise
@@ -479,12 +583,15 @@ def _sync_pending(
         refused = 0
         for rows in source.pending_batches(collection, batch_size):
             failpoint("after_read")
-            current = current_points(qdrant, table, collection, rows)
+            current = lookup_points(qdrant, table, collection, rows)
             if admit is not None:
+                # Rows whose points hold their text are likely adopted, unpaid; the whole text
+                # of the others approximates what their chunks cost.
                 texts = [
-                    table.render_text(row.values)
+                    text
                     for row in rows
-                    if table.has_text(row.values) and row.key not in current
+                    if table.has_text(row.values)
+                    and not _holds(current.get(row.key), text := table.render_text(row.values))
                 ]
                 if texts and not admit(texts):
                     refused = len(rows)
@@ -505,6 +612,10 @@ def _sync_pending(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _holds(stored: StoredRow | None, text: str) -> bool:
+    return stored is not None and stored.complete and stored.text_hash == content_hash(text)
+
+
 def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:
     if result.skipped:
         log.warning(
@@ -522,6 +633,14 @@ def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:
             embedder.model_id,
             SAMPLE_IDS,
             result.truncated_ids,
+        )
+    if result.chunked:
+        log.info(
+            "%s: %d rows longer than %s reads were split into chunks (%d points written)",
+            result.table,
+            result.chunked,
+            embedder.model_id,
+            result.points_written,
         )
     if result.adopted:
         log.info(

@@ -87,7 +87,9 @@ def test_default_settings_find_typed_arabic_and_persian(tmp_path, schema, conn, 
     assert hits[0].row_id == 1002
     # The collection says how its sparse vectors were made, for readers to reproduce.
     described = encoding.collection_settings(qdrant, COLLECTION)
-    assert described == SparseSettings(languages=("english", "arabic", "persian")).describe()
+    expected = SparseSettings(languages=("english", "arabic", "persian"), unstemmed=("arabic",))
+    assert described == expected.describe()
+    assert described["stemmers"] == {"english": "english", "arabic": None, "persian": None}
 
 
 def test_changed_settings_reencode_sparse_vectors_without_embedding(tmp_path, schema, conn, qdrant):

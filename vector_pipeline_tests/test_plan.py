@@ -50,8 +50,8 @@ def test_the_plan_is_what_the_provider_then_bills(conn, schema, tmp_path, qdrant
     assert (entry.pending, entry.rows_read, entry.no_text) == (150, 150, 5)
     assert entry.exact and entry.tokenizer == "cl100k_base"
     # The server counts with OpenAI's tokenizer and reports usage; the sync adds it up. Row 9
-    # is cut at the 40-token input limit in both.
-    assert result.truncated == 1
+    # is over the 40-token input limit: both count the chunks it is split into.
+    assert (result.truncated, result.chunked) == (0, 1)
     assert entry.tokens == result.tokens
     assert entry.cost == pytest.approx(result.tokens * PRICE / 1_000_000)
     (after,) = plan(conn, config, ["api"])

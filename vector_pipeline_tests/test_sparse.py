@@ -347,7 +347,8 @@ def test_multilingual_settings_leave_text_without_arabic_script_as_fastembed(
 
 def test_arabic_settings_are_fastembeds_arabic_bm25_on_normalised_text(tmp_path: Path) -> None:
     """What a reader with fastembed reproduces: Bm25(language="arabic") with the shipped
-    stopword list (normalised) on normalise_arabic_script(text)."""
+    stopword list (normalised) on normalise_arabic_script(text), stemmed or (the default for
+    Arabic, `unstemmed`) with disable_stemmer=True."""
     from fastembed.sparse.bm25 import Bm25 as FastembedBm25
 
     stopwords = {
@@ -361,12 +362,25 @@ def test_arabic_settings_are_fastembeds_arabic_bm25_on_normalised_text(tmp_path:
         language="arabic",
         stopwords=stopwords,
     )
-    ours = Bm25(settings=SparseSettings(languages=("arabic",)))
+    unstemmed = FastembedBm25(
+        "Qdrant/bm25",
+        cache_dir=str(tmp_path),
+        specific_model_path=str(tmp_path),
+        local_files_only=True,
+        language="arabic",
+        disable_stemmer=True,
+        stopwords=stopwords,
+    )
     texts = [VOWELLED, TYPED, "قَالَ رَسُولُ اللَّهِ صَلَّى اللَّهُ عَلَيْهِ وَسَلَّمَ إِذَا"]
-    for text, mine in zip(texts, ours.embed_documents(texts), strict=True):
-        ref = next(iter(theirs.embed([normalise_arabic_script(text)])))
-        _assert_same(_as_dict(mine), _reference_dict(ref), text)
-        assert mine.indices  # stopwords such as إذا (spelled with hamza) were matched
+    for settings, reference in (
+        (SparseSettings(languages=("arabic",)), theirs),
+        (SparseSettings(languages=("arabic",), unstemmed=("arabic",)), unstemmed),
+    ):
+        ours = Bm25(settings=settings)
+        for text, mine in zip(texts, ours.embed_documents(texts), strict=True):
+            ref = next(iter(reference.embed([normalise_arabic_script(text)])))
+            _assert_same(_as_dict(mine), _reference_dict(ref), text)
+            assert mine.indices and len(mine.indices) < len(text.split())  # إذا etc. dropped
 
 
 def test_settings_reject_unknown_or_repeated_languages() -> None:
@@ -378,3 +392,10 @@ def test_settings_reject_unknown_or_repeated_languages() -> None:
     assert described["languages"] == ["english", "arabic", "persian"]
     assert described["normalisation"] == "normalise_arabic_script v1"
     assert SparseSettings().describe()["normalisation"] is None
+    with pytest.raises(ValueError, match="unstemmed language 'latin' is not supported"):
+        SparseSettings(unstemmed=("latin",))
+    # Unstemmed Arabic keeps word forms apart that Snowball merges.
+    stemmed = Bm25(settings=MULTILINGUAL)
+    exact = Bm25(settings=SparseSettings(("english", "arabic"), unstemmed=("arabic",)))
+    assert stemmed.embed_query("الاعمال") == stemmed.embed_query("اعمال")
+    assert exact.embed_query("الاعمال") != exact.embed_query("اعمال")

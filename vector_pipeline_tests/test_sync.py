@@ -290,8 +290,9 @@ def test_concurrent_local_mode_openers_wait_instead_of_crashing(qdrant_path: str
 
 
 def test_local_model_sync_records_cuts_and_finds_by_meaning(conn, schema, tmp_path, qdrant):
-    """The shipped default provider end to end: a text over 256 word pieces is cut, recorded
-    on its point, and a hybrid search ranks the row that answers the question first."""
+    """The shipped MiniLM provider end to end: a text over 256 word pieces is split into
+    chunks that each fit (nothing is cut), and a hybrid search ranks the row that answers the
+    question first, once."""
     create_doc_table(conn, schema, 0)
     rows = [
         (1, "Growing tomatoes", "Water tomato plants deeply and stake them as they grow."),
@@ -320,15 +321,19 @@ def test_local_model_sync_records_cuts_and_finds_by_meaning(conn, schema, tmp_pa
     )
     setup_database(conn, config)
     result = run_sync(config, conn, qdrant)
-    assert (result.embedded, result.truncated, result.truncated_ids) == (4, 1, [4])
-    points = {p.payload["meta_data"]["row_id"]: p for p in all_points(qdrant, result.collection)}
-    assert [points[i].payload["meta_data"]["truncated"] for i in (1, 2, 3, 4)] == [
-        False,
-        False,
-        False,
-        True,
-    ]
-
+    assert (result.embedded, result.truncated, result.chunked) == (4, 0, 1)
+    points = all_points(qdrant, result.collection)
+    long_row = sorted(
+        (p.payload for p in points if p.payload["meta_data"]["row_id"] == 4),
+        key=lambda payload: payload["meta_data"]["chunk"],
+    )
+    assert len(points) == 3 + len(long_row) and len(long_row) >= 3
+    assert [payload["meta_data"]["chunk"] for payload in long_row] == list(range(len(long_row)))
+    assert not any(p.payload["meta_data"]["truncated"] for p in points)
     key, model = config.embeddings.model()
+    count = build_embedder(key, model).count_tokens
+    assert all(count(payload["content"]) <= 256 for payload in long_row)
+    assert all(payload["content"].startswith("TITLE: Long\n") for payload in long_row)
+
     hits = search(qdrant, build_embedder(key, model), result.collection, "how to grow vegetables")
     assert hits[0].payload["meta_data"]["row_id"] == 1

@@ -41,6 +41,11 @@ class DeterministicEmbedder:
         self.model_id = model.id
         self.dimensions = model.dimensions
         self.max_concurrent_requests = model.max_concurrent_requests
+        # Optional, for tests of long rows: a token is a word (what `tokens` counts).
+        self.max_tokens_per_input = model.max_tokens_per_input
+
+    def count_tokens(self, text: str) -> int:
+        return len(_WORD.findall(text.lower()))
 
     def embed_documents(self, texts: Sequence[str]) -> DenseEmbeddings:
         dims = self.dimensions

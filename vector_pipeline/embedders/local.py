@@ -77,6 +77,7 @@ class LocalEmbedder:
         self.max_concurrent_requests = model.max_concurrent_requests
         self._files = files
         self._max_tokens = model.max_tokens_per_input
+        self.max_tokens_per_input = model.max_tokens_per_input
         self._batch_size = model.batch_size
         self._threads = model.threads or os.cpu_count() or 1
         self._lock = threading.Lock()

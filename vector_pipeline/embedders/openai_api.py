@@ -89,6 +89,7 @@ class OpenAIEmbedder:
         )
         # An input can never be larger than a whole request may be.
         self._per_input = min(model.max_tokens_per_input, model.max_tokens_per_request)
+        self.max_tokens_per_input = self._per_input
         self._client = openai.OpenAI(
             api_key=api_key,
             base_url=model.base_url,
@@ -124,6 +125,10 @@ class OpenAIEmbedder:
             tokens += used
             truncated.update(span.start + index for index in shrunk)
         return DenseEmbeddings(vectors=vectors, truncated=tuple(sorted(truncated)), tokens=tokens)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` costs: exact (cl100k_base) for OpenAI, an upper bound otherwise."""
+        return self._counter.count([text])[0]
 
     def embed_query(self, text: str) -> list[float]:
         reject_empty([text])

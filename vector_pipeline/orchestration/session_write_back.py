@@ -8,7 +8,7 @@ import dagster as dg
 
 from vector_pipeline.config import ProjectConfig
 from vector_pipeline.orchestration.resources import PostgresResource
-from vector_pipeline.plan import capped_tokens, token_counter
+from vector_pipeline.plan import text_tokens, token_counter
 from vector_pipeline.sessions import (
     SessionStore,
     pending_total,
@@ -78,7 +78,7 @@ def session_write_back(
                 counter, _ = token_counter(model)
 
                 def admit(texts: Sequence[str]) -> bool:
-                    tokens = capped_tokens(counter, model, texts)
+                    tokens = text_tokens(counter, texts)
                     return store.reserve_tokens(session_id, tokens, limit)
 
             yield SessionHooks(on_batch=report, admit=admit)
