@@ -148,7 +148,9 @@ def build(hadiths: list[dict[str, Any]], n_hadith: int, n_books: int, n_queries:
         span = _unique_phrase(rng, words, book_typed, 2 / 3)
         if span:
             phrase = " ".join(words[span[0] : span[1]])
-            queries.append(Query(f"long_last_third_{lang}", typed(phrase), "book", index + 1))
+            for table in ("book", "book_uncut"):
+                kind = f"long_last_third_{lang}" + ("_uncut" if table == "book_uncut" else "")
+                queries.append(Query(kind, typed(phrase), table, index + 1))
     return short, books, queries
 
 
@@ -373,11 +375,16 @@ def report(
         "long_last_third",
         "long_last_third_ar",
         "long_last_third_en",
+        "long_last_third_uncut",
         "en_to_ar",
     ]
     counts = {
         kind: sum(
-            q.kind == kind or (kind == "long_last_third" and q.kind.startswith(kind))
+            q.kind == kind
+            or (
+                kind == "long_last_third" and q.kind in ("long_last_third_ar", "long_last_third_en")
+            )
+            or (kind == "long_last_third_uncut" and q.kind.endswith("_uncut"))
             for q in queries
         )
         for kind in kinds
@@ -448,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--raw", help="also write every number as JSON to this file")
     args = parser.parse_args(argv)
     quiet_engine_logs()
     started = time.perf_counter()
@@ -465,7 +473,22 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_model(ws, key, MODELS[key], queries, log))
     for kind, value in plain_sparse(short, books, queries).items():
         runs[-1].recall[("sparse, plain recipe", kind)] = value
-    section = report(runs, queries, args, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    raw = {
+        "args": vars(args),
+        "seconds": seconds,
+        "runs": [
+            {
+                "model": run.model,
+                "sync": run.sync,
+                "recall": {f"{mode}|{kind}": value for (mode, kind), value in run.recall.items()},
+            }
+            for run in runs
+        ],
+    }
+    if args.raw:
+        Path(args.raw).write_text(json.dumps(raw, indent=1))
+    section = report(runs, queries, args, seconds)
     print(section)
     write_section(section, Path(args.output))
     return 0

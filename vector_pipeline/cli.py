@@ -47,6 +47,10 @@ from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
 from vector_pipeline.vector_store import CollectionMismatchError, QdrantBusyError, open_qdrant
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
+# What `demo` seeds: enough rows of every kind (long, Arabic, Persian, blank) to show the
+# whole pipeline in a few minutes of CPU embedding; `seed-demo` seeds 600 and 400.
+DEMO_ARTICLES = 100
+DEMO_HADITHS = 60
 _KNOWN_ERRORS = (
     ConfigError,
     MissingSecretError,
@@ -183,6 +187,16 @@ def _sync_with_progress(
         f"{table.name}: embedded {result.embedded} into {result.collection} in "
         f"{result.seconds:.1f} s; skipped {result.skipped}, truncated {result.truncated}, "
         f"still pending {result.pending_after} of {result.total_rows}"
+        + (
+            f"; {result.chunked} long rows as chunks ({result.points_written} points)"
+            if result.chunked
+            else ""
+        )
+        + (
+            f"; re-encoded {result.sparse_reencoded} sparse vectors"
+            if result.sparse_reencoded
+            else ""
+        )
         + (f"; removed {result.deleted} deleted rows" if result.deleted else "")
         + (
             f"; rewrote the payload of {result.payloads_refreshed} rows"
@@ -607,10 +621,12 @@ def session_watch(state: _State, session_id: int, interval: float) -> None:
 
 @main.command()
 @click.option("--query", default=DEMO_QUERY, show_default=True)
+@click.option("--articles", default=DEMO_ARTICLES, show_default=True, help="Demo articles to seed.")
+@click.option("--hadiths", default=DEMO_HADITHS, show_default=True, help="Demo hadith to seed.")
 @click.pass_context
-def demo(ctx: click.Context, query: str) -> None:
+def demo(ctx: click.Context, query: str, articles: int, hadiths: int) -> None:
     """Seed the demo tables, sync them with the default model, and search once."""
-    ctx.invoke(seed_demo_command)
+    ctx.invoke(seed_demo_command, articles=articles, hadiths=hadiths)
     ctx.invoke(sync)
     ctx.invoke(status)
     ctx.invoke(search, text=query)

@@ -56,15 +56,10 @@ def search(
     collection: str,
     text: str,
     limit: int = 5,
-    *,
-    sparse: SparseSettings | None = None,
-    tables: Sequence[str] = (),
-    where: Mapping[str, str] | None = None,
+    **options: Any,
 ) -> list[Hit]:
-    """The `limit` best rows for `text`, one hit per row (see `search_rows`)."""
-    rows = search_rows(
-        qdrant, embedder, collection, text, limit, sparse=sparse, tables=tables, where=where
-    )
+    """The `limit` best rows for `text` as Hits, one per row (`options`: see `search_rows`)."""
+    rows = search_rows(qdrant, embedder, collection, text, limit, **options)
     return [Hit(score=row.score, payload=row.payload) for row in rows]
 
 

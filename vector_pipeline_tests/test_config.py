@@ -42,7 +42,13 @@ def error_for(tmp_path: Path, **files: str) -> str:
 def test_shipped_config_parses_with_local_default():
     config = load_config(REPO_CONFIG)
     key, model = config.embeddings.model()
-    assert (key, model.provider, model.dimensions) == ("minilm", "local", 384)
+    assert (key, model.provider, model.id, model.dimensions) == (
+        "e5_small",
+        "local",
+        "multilingual-e5-small",
+        384,
+    )
+    assert model.sparse.settings().languages == ("english", "arabic", "persian")
     assert [t.name for t in config.tables.tables] == ["article", "hadith"]
     article = config.tables.table("article")
     assert article.text_template == "TITLE: {title}\nCONTENT: {content}"

@@ -172,3 +172,53 @@ def test_search_cli_json_table_and_where(tmp_path, schema, conn, monkeypatch, da
     assert all(hit["table"] == "doc" and hit["chunk"] == 0 for hit in answer["hits"])
     bad = run("search", "topic", "--where", "category")
     assert bad.exit_code != 0 and "is not FIELD=VALUE" in bad.output
+
+
+def test_readers_with_fastembed_find_english_and_arabic_rows(tmp_path, schema, conn, qdrant):
+    """Reader compatibility: a client that encodes queries with fastembed itself, as the README
+    documents, finds the rows: English with plain Qdrant/bm25, Arabic with language="arabic",
+    disable_stemmer=True and the shipped stopwords on normalised text."""
+    from fastembed.sparse.bm25 import Bm25 as FastembedBm25
+
+    from vector_pipeline.sparse import load_stopwords, normalise_arabic_script
+
+    create_doc_table(conn, schema, 30)
+    _add_rows(conn, schema)
+    project = _project(tmp_path, schema, conn)
+    sync_model(project, conn, qdrant)
+    data = Path(__file__).resolve().parents[1] / "vector_pipeline" / "data"
+
+    def fastembed(**options) -> FastembedBm25:
+        folder = tmp_path / f"fastembed-{len(options)}"
+        folder.mkdir()
+        return FastembedBm25(
+            "Qdrant/bm25",
+            cache_dir=str(folder),
+            specific_model_path=str(folder),
+            local_files_only=True,
+            **options,
+        )
+
+    def top(reader: FastembedBm25, text: str) -> int:
+        vector = next(iter(reader.query_embed(text)))
+        hits = qdrant.query_points(
+            COLLECTION,
+            query=models.SparseVector(
+                indices=vector.indices.tolist(), values=vector.values.tolist()
+            ),
+            using=SPARSE,
+            limit=1,
+            with_payload=True,
+        ).points
+        return hits[0].payload["meta_data"]["row_id"]
+
+    english = fastembed(stopwords=set(load_stopwords(data / "stopwords_english.txt")))
+    assert top(english, "document 17 about topic 3") == 17
+    arabic = fastembed(
+        language="arabic",
+        disable_stemmer=True,
+        stopwords={
+            normalise_arabic_script(word) for word in load_stopwords(data / "stopwords_arabic.txt")
+        },
+    )
+    assert top(arabic, normalise_arabic_script("الأعمال بالنيات")) == 1001

@@ -354,23 +354,19 @@ def test_arabic_settings_are_fastembeds_arabic_bm25_on_normalised_text(tmp_path:
     stopwords = {
         normalise_arabic_script(word) for word in load_stopwords(DATA / "stopwords_arabic.txt")
     }
-    theirs = FastembedBm25(
-        "Qdrant/bm25",
-        cache_dir=str(tmp_path),
-        specific_model_path=str(tmp_path),
-        local_files_only=True,
-        language="arabic",
-        stopwords=stopwords,
-    )
-    unstemmed = FastembedBm25(
-        "Qdrant/bm25",
-        cache_dir=str(tmp_path),
-        specific_model_path=str(tmp_path),
-        local_files_only=True,
-        language="arabic",
-        disable_stemmer=True,
-        stopwords=stopwords,
-    )
+
+    def arabic(**options: bool) -> Any:
+        return FastembedBm25(
+            "Qdrant/bm25",
+            cache_dir=str(tmp_path),
+            specific_model_path=str(tmp_path),
+            local_files_only=True,
+            language="arabic",
+            stopwords=stopwords,
+            **options,
+        )
+
+    theirs, unstemmed = arabic(), arabic(disable_stemmer=True)
     texts = [VOWELLED, TYPED, "قَالَ رَسُولُ اللَّهِ صَلَّى اللَّهُ عَلَيْهِ وَسَلَّمَ إِذَا"]
     for settings, reference in (
         (SparseSettings(languages=("arabic",)), theirs),

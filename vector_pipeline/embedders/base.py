@@ -62,6 +62,30 @@ class Embedder(Protocol):
     def close(self) -> None: ...
 
 
+def check_local_model(
+    model_key: str,
+    model_id: str,
+    dimensions: int,
+    max_tokens: int,
+    *,
+    produces: int,
+    positions: int,
+    advice: str,
+) -> None:
+    """Refuse a local model configured with another vector size than it produces, or with an
+    input limit over its position embeddings (`advice`: what to use instead)."""
+    if dimensions != produces:
+        raise ValueError(
+            f"model {model_key!r}: {model_id} produces {produces}-d vectors, but "
+            f"`dimensions:` says {dimensions}; set it to {produces}"
+        )
+    if max_tokens > positions:
+        raise ValueError(
+            f"model {model_key!r}: max_tokens_per_input {max_tokens} is over "
+            f"{model_id}'s {positions} positions; use {advice}"
+        )
+
+
 def l2_normalise(matrix: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)

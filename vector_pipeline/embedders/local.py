@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from vector_pipeline.config import LocalModel
-from vector_pipeline.embedders.base import DenseEmbeddings, EmbeddingError, l2_normalise
+from vector_pipeline.embedders.base import (
+    DenseEmbeddings,
+    EmbeddingError,
+    check_local_model,
+    l2_normalise,
+)
 
 # BERT's learned position embeddings stop at 512; the model was trained at 256.
 _POSITION_LIMIT = 512
@@ -61,16 +66,15 @@ class LocalEmbedder:
                     "set `id:` to one of them"
                 )
             files = LOCAL_MODELS[model.id]()
-        if model.dimensions != files.dimensions:
-            raise ValueError(
-                f"model {model_key!r}: {model.id} produces {files.dimensions}-d vectors, but "
-                f"`dimensions:` says {model.dimensions}; set it to {files.dimensions}"
-            )
-        if model.max_tokens_per_input > _POSITION_LIMIT:
-            raise ValueError(
-                f"model {model_key!r}: max_tokens_per_input {model.max_tokens_per_input} is over "
-                f"the model's {_POSITION_LIMIT} positions; use 256 (what it was trained on)"
-            )
+        check_local_model(
+            model_key,
+            model.id,
+            model.dimensions,
+            model.max_tokens_per_input,
+            produces=files.dimensions,
+            positions=_POSITION_LIMIT,
+            advice="256 (what it was trained on)",
+        )
         self.model_key = model_key
         self.model_id = model.id
         self.dimensions = model.dimensions

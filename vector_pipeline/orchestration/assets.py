@@ -38,6 +38,9 @@ SUMMED = (
     "rows_adopted",
     "rows_skipped",
     "rows_truncated",
+    "rows_chunked",
+    "points_written",
+    "sparse_reencoded",
     "tokens",
     "rows_deleted",
     "rows_payload_refreshed",
@@ -90,6 +93,11 @@ def _work_done(result: SyncResult) -> dict[str, Any]:
         "rows_adopted": result.adopted,
         "rows_skipped": result.skipped,
         "rows_truncated": result.truncated,
+        # Rows over the model's input limit, embedded as several points (chunks).
+        "rows_chunked": result.chunked,
+        "points_written": result.points_written,
+        # Points whose BM25 vector was re-encoded for changed sparse settings (no embedding).
+        "sparse_reencoded": result.sparse_reencoded,
         "tokens": result.tokens,
         "rows_deleted": result.deleted,
         # Rows whose payload or name columns changed: payload rewritten, nothing embedded.
