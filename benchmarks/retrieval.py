@@ -416,7 +416,17 @@ def report(
                 cells.append("-" if value is None else f"{value:.3f}{mark}")
             model = "(any)" if mode == "sparse, plain recipe" else run.model
             lines.append(f"| {model} | {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "Sync speed (embedding + BM25 + upsert into local-mode Qdrant, 2 cores):", ""]
+    lines += [
+        "",
+        "hybrid is the product's search (`search_rows`: dense and BM25 candidates fused by RRF, "
+        "one hit per row); dense and sparse are its halves alone. `long_last_third_uncut`: the "
+        "same queries on the same documents stored with `chunking: {enabled: false}` (one point "
+        "each, of what the model reads). `sparse, plain recipe`: BM25 as fastembed's Qdrant/bm25 "
+        "encodes it (`languages: [english]`), what every collection had before.",
+        "",
+        "Sync speed (embedding + BM25 + upsert into local-mode Qdrant, 2 cores):",
+        "",
+    ]
     lines += [
         "| model | table | rows | points | tokens | seconds | rows/s | tokens/s |",
         "|---|---|---|---|---|---|---|---|",

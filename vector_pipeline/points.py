@@ -203,9 +203,9 @@ def stored_row(payload: dict[str, Any] | None) -> StoredRow:
     meta = (payload or {}).get("meta_data")
     meta = meta if isinstance(meta, dict) else {}
     chunks = _positive_int(meta.get("chunks"))
-    text_hash = stored_hash({"content_hash": meta.get("text_hash")}) if chunks else None
     if chunks is None:
         return StoredRow(stored_hash(payload), 1, 1)
+    text_hash = stored_hash({"content_hash": meta.get("text_hash")})
     return StoredRow(text_hash, chunks, max(chunks, _positive_int(meta.get("chunk_ids")) or 1))
 
 
@@ -214,11 +214,8 @@ def _positive_int(value: Any) -> int | None:
 
 
 def row_hash(payload: dict[str, Any] | None) -> str | None:
-    """The md5 of the whole row text a point holds part or all of."""
-    meta = (payload or {}).get("meta_data")
-    if isinstance(meta, dict) and meta.get("chunks") is not None:
-        return stored_hash({"content_hash": meta.get("text_hash")})
-    return stored_hash(payload)
+    """The md5 of the whole row text a point holds part or all of (any chunk's payload)."""
+    return stored_row(payload).text_hash
 
 
 # Chunk ids per lookup request when checking that a chunked row's chunks are all there.
