@@ -26,6 +26,8 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from vector_pipeline.config import ConfigError
+
 # Field values up to this many characters are repeated on every chunk by default: titles,
 # names, collection labels; anything longer is body.
 REPEAT_MAX_CHARS = 300
@@ -33,6 +35,8 @@ REPEAT_MAX_CHARS = 300
 # inside a longer text); the final check catches the rest.
 _SAFETY_FRACTION = 0.02
 _WORD = re.compile(r"\S+\s*")
+# The fewest tokens of text a chunk must have room for, besides the model's own tokens.
+_MIN_TEXT_TOKENS = 8
 
 TokenCounter = Callable[[str], int]
 
@@ -54,15 +58,14 @@ def chunk_text(
     Raises ValueError when `limit` leaves no room for text.
     """
     segments = [
-        (literal, field, "" if field is None or values[field] is None else format(values[field]))
-        for literal, field, _spec, _conversion in string.Formatter().parse(template)
+        (literal, field, _render_field(values, field, spec, conversion))
+        for literal, field, spec, conversion in string.Formatter().parse(template)
     ]
     rendered = "".join(literal + value for literal, _field, value in segments)
     if count_tokens(rendered) <= limit:
         return [rendered]
+    check_limit(count_tokens, limit, "the model")
     overhead = count_tokens("")
-    if limit - overhead < 8:
-        raise ValueError(f"an input limit of {limit} tokens leaves no room for text")
     header, body = _header_and_body(segments, repeat)
     safety = max(2, int(limit * _SAFETY_FRACTION))
     budget = limit - safety - count_tokens(header)
@@ -72,6 +75,31 @@ def chunk_text(
         budget = limit - safety - overhead
     words = _words(body, count_tokens, overhead, budget)
     return _windows(header, words, count_tokens, limit, budget, overlap_tokens)
+
+
+_FORMATTER = string.Formatter()
+
+
+def _render_field(
+    values: Mapping[str, Any], field: str | None, spec: str | None, conversion: str | None
+) -> str:
+    """One field as `str.format_map` renders it in TableConfig.render_text (NULL as empty,
+    conversion and format spec applied), so a chunked row's text is the rendered text."""
+    if field is None:
+        return ""
+    value = "" if values[field] is None else values[field]
+    return _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
+
+
+def check_limit(count_tokens: TokenCounter, limit: int, where: str) -> None:
+    """Refuse an input limit that leaves too little room for text once the model's own
+    tokens (special tokens, e5's prefix) are counted; `where` names the setting to raise."""
+    need = count_tokens("") + _MIN_TEXT_TOKENS
+    if limit < need:
+        raise ValueError(
+            f"{where}: max_tokens_per_input {limit} leaves no room for text (the model adds "
+            f"{count_tokens('')} tokens of its own); raise it to at least {need}"
+        )
 
 
 def _header_and_body(
@@ -171,6 +199,18 @@ class Chunker:
         self._count: TokenCounter | None = getattr(embedder, "count_tokens", None)
         self._limit: int | None = getattr(embedder, "max_tokens_per_input", None)
         self.enabled = bool(table.chunking.enabled and self._count and self._limit)
+        if self.enabled:
+            assert self._count is not None and self._limit is not None
+            # Before any row is read: a limit too small to chunk by is a configuration error.
+            try:
+                check_limit(
+                    self._count,
+                    self._limit,
+                    f"model {embedder.model_key!r} (config/embeddings.yaml: "
+                    f"embeddings.models.{embedder.model_key}.max_tokens_per_input)",
+                )
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
     def split(self, values: Mapping[str, Any]) -> list[str]:
         if not self.enabled:

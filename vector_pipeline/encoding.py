@@ -2,7 +2,8 @@
 
 A reader must encode queries exactly as the documents were encoded, so each collection
 records its model's settings (`SparseSettings.describe()`) under the metadata key
-`vector_pipeline.sparse`; `vector-pipeline status --json` and Qdrant's own API show them.
+`vector_pipeline.sparse`, where any client reads them (Qdrant's `GET /collections/<name>`,
+`client.get_collection(name).config.metadata`).
 
 When the settings change (a model's `sparse.languages`, or a new normalisation version),
 the points already written hold vectors the new queries no longer match. Re-encoding them is

@@ -27,7 +27,7 @@ from vector_pipeline.config import (
     collection_name_for,
 )
 from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
-from vector_pipeline.points import current_keys
+from vector_pipeline.points import content_hash, stored_rows
 from vector_pipeline.source import SourceTable
 from vector_pipeline.store_state import StoreState
 
@@ -56,39 +56,34 @@ class PlanEntry:
 
 
 class _ModelTokens:
-    """A local model's own tokenizer (the embedder's count_tokens), special tokens included."""
+    """A model's own count (the embedder's count_tokens, special tokens included): the local
+    models' tokenizers, and the deterministic model's words."""
 
-    def __init__(self, model: LocalModel) -> None:
+    def __init__(self, model: LocalModel | DeterministicModel) -> None:
         from vector_pipeline.embedders import build_embedder
 
         self._embedder = build_embedder("plan", model)
-        self.name = (
-            "sentencepiece (XLM-R)" if model.id == "multilingual-e5-small" else "word pieces"
-        )
+        if isinstance(model, DeterministicModel):
+            self.name = "words"
+        elif model.id == "multilingual-e5-small":
+            self.name = "sentencepiece (XLM-R)"
+        else:
+            self.name = "word pieces"
 
     def count(self, texts: Sequence[str]) -> list[int]:
         count = self._embedder.count_tokens  # type: ignore[attr-defined]
         return [count(text) for text in texts]
 
 
-class _Words:
-    name = "words"
-
-    def count(self, texts: Sequence[str]) -> list[int]:
-        return [len(text.split()) for text in texts]
-
-
-Counter = Cl100kCounter | Utf8ByteCounter | _ModelTokens | _Words
+Counter = Cl100kCounter | Utf8ByteCounter | _ModelTokens
 
 
 def token_counter(model: EmbeddingModel) -> tuple[Counter, bool]:
     """The counter for `model` and whether it is the provider's exact tokenizer."""
     if isinstance(model, OpenAIModel):
         return Cl100kCounter(), True
-    if isinstance(model, LocalModel):
+    if isinstance(model, LocalModel | DeterministicModel):
         return _ModelTokens(model), True
-    if isinstance(model, DeterministicModel):
-        return _Words(), True
     return Utf8ByteCounter(), False
 
 
@@ -102,20 +97,22 @@ def input_limit(model: EmbeddingModel) -> int | None:
 def text_tokens(counter: Counter, texts: Sequence[str]) -> int:
     """The tokens whole `texts` hold, uncut: what a session budget reserves before a batch is
     sent (the sync chunks long texts, so the chunks' overlap and repeated headers add a
-    little more, about 10% for texts over the limit; see `row_tokens` for the exact count)."""
+    little more, about 10% for texts over the limit; see `row_chunks` for the exact count)."""
     return sum(counter.count(texts)) if texts else 0
 
 
-def row_tokens(counter: Counter, model: EmbeddingModel, table: TableConfig, values: dict) -> int:
-    """The tokens one row's text costs: its chunks' when the sync would chunk it, else the
-    text cut at the model's input limit."""
+def row_chunks(
+    counter: Counter, model: EmbeddingModel, table: TableConfig, values: dict
+) -> tuple[int, int]:
+    """(chunks, tokens) of one row as the sync would send it: its chunks when it is over the
+    model's input limit and the table chunks, else one text, cut at the limit if need be."""
     text = table.render_text(values)
     (n,) = counter.count([text])
     cap = input_limit(model)
     if not cap or n <= cap:
-        return n
+        return 1, n
     if not table.chunking.enabled:
-        return cap
+        return 1, cap
     chunks = chunk_text(
         table.text_template,
         {column: values[column] for column in table.text_columns},
@@ -124,7 +121,7 @@ def row_tokens(counter: Counter, model: EmbeddingModel, table: TableConfig, valu
         overlap_tokens=table.chunking.overlap_tokens,
         repeat=table.chunking.repeat,
     )
-    return sum(counter.count(chunks))
+    return len(chunks), sum(counter.count(chunks))
 
 
 def price(model: EmbeddingModel) -> float | None:
@@ -147,9 +144,9 @@ def plan(
     qdrant: QdrantClient | None = None,
 ) -> list[PlanEntry]:
     """One entry per table and model (default: the default model). With `qdrant`, rows whose
-    point already holds their text are left out of the tokens and the cost, as the sync will
-    mark them without sending them (points.current_keys)."""
-    keys = list(models) or [config.embeddings.default]
+    points already hold their text, in the chunks the sync would send, are left out of the
+    tokens and the cost, as the sync marks them without sending them."""
+    keys = list(models or ()) or [config.embeddings.default]
     entries: list[PlanEntry] = []
     for key in keys:
         _, model = config.embeddings.model(key)
@@ -170,17 +167,27 @@ def plan(
                 source.pending_values(collection, sample, every_row=every_row) if pending else []
             )
             with_text = {key: values for key, values in texts if values is not None}
+            sent = {key: row_chunks(counter, model, table, v) for key, v in with_text.items()}
             current: set[str] = set()
             if qdrant is not None:
-                items = [(key, table.render_text(values)) for key, values in with_text.items()]
-                for start in range(0, len(items), LOOKUP_BATCH):
-                    chunk = dict(items[start : start + LOOKUP_BATCH])
-                    current |= current_keys(qdrant, table.data_type, collection, chunk)
-            counted = sum(
-                row_tokens(counter, model, table, values)
-                for key, values in with_text.items()
-                if key not in current
-            )
+                hashes = [
+                    (key, content_hash(table.render_text(values)))
+                    for key, values in with_text.items()
+                ]
+                for start in range(0, len(hashes), LOOKUP_BATCH):
+                    page = dict(hashes[start : start + LOOKUP_BATCH])
+                    found = stored_rows(
+                        qdrant, table.data_type, collection, list(page), verify=page
+                    )
+                    # Adopted as the sync adopts: the whole text, in the chunks it would send.
+                    current |= {
+                        key
+                        for key, row in found.items()
+                        if row.complete
+                        and row.text_hash == page[key]
+                        and row.chunks == sent[key][0]
+                    }
+            counted = sum(tokens for key, (_, tokens) in sent.items() if key not in current)
             everything = len(texts) >= pending
             tokens = counted if everything else round(counted * pending / max(len(texts), 1))
             per_million = price(model)

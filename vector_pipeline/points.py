@@ -446,17 +446,6 @@ def scroll_table_points(
             return
 
 
-def current_keys(
-    qdrant: QdrantClient, data_type: str, collection: str, texts: dict[str, str]
-) -> set[str]:
-    """The key texts among `texts` (key text -> the text it would embed now) whose points in
-    `collection` already hold exactly that text, every chunk of it: such a row needs a mark,
-    not an embedding (unless it would now be chunked differently; the sync checks that)."""
-    hashes = {key: content_hash(text) for key, text in texts.items()}
-    found = stored_rows(qdrant, data_type, collection, list(texts), verify=hashes)
-    return {key for key, row in found.items() if row.complete and row.text_hash == hashes[key]}
-
-
 def stored_hash(payload: dict[str, Any] | None) -> str | None:
     """A point's `content_hash` if it is one we could have written (32 hex digits)."""
     value = (payload or {}).get("content_hash")

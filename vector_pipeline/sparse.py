@@ -28,6 +28,7 @@ english, so adding Arabic to a collection of English text changes no vector.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,13 +113,21 @@ def _arabic_script_table() -> dict[int, str | None]:
 _ARABIC_SCRIPT_TABLE = _arabic_script_table()
 
 
+# Arabic presentation forms (ligatures and positional shapes, as PDFs and old encodings
+# produce): their compatibility decomposition is the plain letters people type.
+_PRESENTATION_FORMS = re.compile("[\ufb50-\ufdff\ufe70-\ufefe]+")
+
+
 def normalise_arabic_script(text: str) -> str:
-    """Arabic and Persian text as people type it: diacritics and tatweel removed, letter
-    variants folded, ZWNJ a space, Eastern digits ASCII. Other scripts pass unchanged.
+    """Arabic and Persian text as people type it: presentation forms decomposed (NFKC, e.g.
+    the ligature "ﻻ" is "لا"), diacritics and tatweel removed, letter variants folded, ZWNJ a
+    space, Eastern digits ASCII. Other scripts pass unchanged.
 
     Applied to documents and queries alike before tokenising. E.g. "الْأَعْمَالُ" and
     "الاعمال" give the same token; "کتاب‌ها" gives "كتاب ها".
     """
+    if _PRESENTATION_FORMS.search(text):
+        text = _PRESENTATION_FORMS.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
     return text.translate(_ARABIC_SCRIPT_TABLE)
 
 

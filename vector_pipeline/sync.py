@@ -366,6 +366,7 @@ def sync_table(
     state_schema = state_schema or schema
     source = SourceTable(conn, schema, table, state_schema)
     source.check_triggers()
+    chunker = Chunker(table, embedder)  # refuses an input limit too small to chunk by
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
@@ -419,6 +420,7 @@ def sync_table(
                     log,
                     result,
                     sparse,
+                    chunker,
                 )
                 # A worker that died during this pass left rows claimed: take them over.
                 freed = source.claims.free_dead(collection)
@@ -512,6 +514,7 @@ def _sync_pending(
     log: Logger,
     result: SyncResult,
     sparse: SparseSettings,
+    chunker: Chunker,
 ) -> None:
     """Read, embed and write batches as a pipeline.
 
@@ -525,8 +528,6 @@ def _sync_pending(
     concurrency = max(1, int(getattr(embedder, "max_concurrent_requests", 1)))
     in_flight: deque[tuple[list[SourceRow], Future[EmbeddedBatch]]] = deque()
     failed = threading.Event()
-
-    chunker = Chunker(table, embedder)
 
     def embed(rows: list[SourceRow], current: dict[str, StoredRow]) -> EmbeddedBatch:
         # Once one batch has failed, queued batches send nothing: a rejected key or a dead

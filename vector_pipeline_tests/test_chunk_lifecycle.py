@@ -16,10 +16,11 @@ import pytest
 from psycopg import sql
 from qdrant_client import QdrantClient, models
 
-from vector_pipeline.config import load_config
+from vector_pipeline.config import ConfigError, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import build_embedder
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.plan import plan
 from vector_pipeline.points import chunk_point_id, point_id
 from vector_pipeline.reconcile import reconcile, repair
 from vector_pipeline.search import search_rows
@@ -234,3 +235,54 @@ def test_crash_after_chunk_zero_before_the_others_reembeds(
         assert (result.embedded, result.adopted) == (1, 0)
         total = written[0]["meta_data"]["chunks"]
         check(conn, qdrant, chunked, schema, points=total)
+
+
+def test_plan_counts_what_the_sync_then_sends_for_chunked_rows(chunked, conn, schema, qdrant):
+    """plan and sync agree on tokens (the model's own count: hyphens and URLs split words)
+    and on which rows a changed chunking makes the sync embed again."""
+    put(conn, schema, 1, "state-of-the-art " * 20)
+    put(conn, schema, 2, "see https://example.org/a/b?c=d and a-b-c-d-e-f-g-h-i-j")
+    put(conn, schema, 3, words(30))
+    (entry,) = plan(conn, chunked, qdrant=qdrant)
+    result = sync_model(chunked, conn, qdrant)
+    assert entry.tokens == result.tokens > 0 and result.chunked >= 2
+
+    # Another overlap changes the chunks but not the text: the sync embeds them again, and
+    # plan says so (instead of calling them current).
+    directory = chunked.config_dir
+    tables = (directory / "tables.yaml").read_text()
+    (directory / "tables.yaml").write_text(
+        tables.replace("payload_columns:", "chunking: {overlap_tokens: 0}\n    payload_columns:")
+    )
+    changed = load_config(directory)
+    setup_database(conn, changed)
+    (entry,) = plan(conn, changed, qdrant=qdrant)
+    result = sync_model(changed, conn, qdrant)
+    assert entry.tokens == result.tokens > 0
+    assert entry.already_current == result.adopted
+
+
+def test_an_input_limit_too_small_to_chunk_by_is_a_config_error(tmp_path, schema, conn, qdrant):
+    create_doc_table(conn, schema, 2)
+    directory = write_config(tmp_path / "config", schema)
+    text = (directory / "embeddings.yaml").read_text()
+    (directory / "embeddings.yaml").write_text(
+        text.replace(
+            "      dimensions: 16\n", "      dimensions: 16\n      max_tokens_per_input: 7\n", 1
+        )
+    )
+    project = load_config(directory)
+    setup_database(conn, project)
+    with pytest.raises(ConfigError) as info:
+        sync_model(project, conn, qdrant)
+    assert str(info.value) == (
+        "model 'det_a' (config/embeddings.yaml: embeddings.models.det_a.max_tokens_per_input): "
+        "max_tokens_per_input 7 leaves no room for text (the model adds 0 tokens of its own); "
+        "raise it to at least 8"
+    )
+    pending = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in = '[]'").format(
+            sql.Identifier(schema, "doc")
+        )
+    ).fetchone()[0]
+    assert pending == 2  # nothing was touched

@@ -19,6 +19,10 @@ ARABIC = (
 )
 
 
+def words(n: int) -> str:
+    return " ".join(f"w{i}" for i in range(n))
+
+
 def words_plus_two(text: str) -> int:
     """A toy tokenizer: one token per word, plus two special tokens."""
     return len(text.split()) + 2
@@ -116,3 +120,15 @@ def test_chunks_fit_the_real_models_by_their_own_count(model_id: str, limit: int
     assert all(chunk.startswith("TITLE: Bukhari 1\n") for chunk in chunks)
     # The last words of the text are in the last chunk: nothing is cut off the end.
     assert chunks[-1].endswith("intentions.")
+
+
+def test_conversions_and_format_specs_render_as_the_template_does() -> None:
+    """A chunked row's text is the rendered text: `{title!r}` and `{price:.2f}` apply."""
+    template = "TITLE: {title!r} PRICE: {price:.2f}\nCONTENT: {content}"
+    short = {"title": "Tee", "price": 3.14159, "content": "a few words"}
+    assert chunk_text(template, short, words_plus_two, 50, overlap_tokens=5) == [
+        template.format_map(short)
+    ]
+    long = {**short, "content": words(200)}
+    chunks = chunk_text(template, long, words_plus_two, 40, overlap_tokens=5)
+    assert len(chunks) > 1 and all(c.startswith("TITLE: 'Tee' PRICE: 3.14\n") for c in chunks)

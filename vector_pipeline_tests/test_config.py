@@ -48,7 +48,7 @@ def test_shipped_config_parses_with_local_default():
         "multilingual-e5-small",
         384,
     )
-    assert model.sparse.settings().languages == ("english", "arabic", "persian")
+    assert model.sparse.settings().languages == ("english", "arabic")
     assert [t.name for t in config.tables.tables] == ["article", "hadith"]
     article = config.tables.table("article")
     assert article.text_template == "TITLE: {title}\nCONTENT: {content}"

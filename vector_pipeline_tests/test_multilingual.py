@@ -77,7 +77,7 @@ def test_default_settings_find_typed_arabic_and_persian(tmp_path, schema, conn, 
     create_doc_table(conn, schema, 30)
     _add_rows(conn, schema)
     project = _project(tmp_path, schema, conn)
-    assert project.embeddings.models["det_a"].sparse.languages == ["english", "arabic", "persian"]
+    assert project.embeddings.models["det_a"].sparse.languages == ["english", "arabic"]
     assert sync_model(project, conn, qdrant).embedded == 32
 
     # Typed without diacritics, in another word order: the sparse half finds it first.
@@ -87,9 +87,9 @@ def test_default_settings_find_typed_arabic_and_persian(tmp_path, schema, conn, 
     assert hits[0].row_id == 1002
     # The collection says how its sparse vectors were made, for readers to reproduce.
     described = encoding.collection_settings(qdrant, COLLECTION)
-    expected = SparseSettings(languages=("english", "arabic", "persian"), unstemmed=("arabic",))
+    expected = SparseSettings(languages=("english", "arabic"), unstemmed=("arabic",))
     assert described == expected.describe()
-    assert described["stemmers"] == {"english": "english", "arabic": None, "persian": None}
+    assert described["stemmers"] == {"english": "english", "arabic": None}
 
 
 def test_changed_settings_reencode_sparse_vectors_without_embedding(tmp_path, schema, conn, qdrant):
@@ -106,11 +106,7 @@ def test_changed_settings_reencode_sparse_vectors_without_embedding(tmp_path, sc
     assert _sparse_of(qdrant, 1001) != before[0]
     assert _sparse_of(qdrant, 5) == before[1]  # English text: the same vector
     assert _typed_hits(qdrant, multilingual, "بالنيات الاعمال انما")[0].row_id == 1001
-    assert encoding.collection_settings(qdrant, COLLECTION)["languages"] == [
-        "english",
-        "arabic",
-        "persian",
-    ]
+    assert encoding.collection_settings(qdrant, COLLECTION)["languages"] == ["english", "arabic"]
     # Recorded: the next sync re-encodes nothing.
     assert sync_model(multilingual, conn, qdrant).sparse_reencoded == 0
 

@@ -302,6 +302,8 @@ def test_normalisation_folds_what_people_type_differently() -> None:
     assert normalise_arabic_script("یک کتاب") == normalise_arabic_script("يك كتاب")
     assert normalise_arabic_script("کتاب\u200cها") == "كتاب ها"
     assert normalise_arabic_script("حديث ٣٤٥ و ۱۲") == "حديث 345 و 12"
+    # Presentation forms (PDF ligatures and shapes) are the letters people type.
+    assert normalise_arabic_script("ﻻ إله إلا ﷲ") == normalise_arabic_script("لا اله الا الله")
     # Nothing outside Arabic script changes, accents included.
     latin = "café naïve Ångström ΣΟΦΟΣ x² 😀 e\u0301"
     assert normalise_arabic_script(latin) == latin
@@ -395,3 +397,12 @@ def test_settings_reject_unknown_or_repeated_languages() -> None:
     exact = Bm25(settings=SparseSettings(("english", "arabic"), unstemmed=("arabic",)))
     assert stemmed.embed_query("الاعمال") == stemmed.embed_query("اعمال")
     assert exact.embed_query("الاعمال") != exact.embed_query("اعمال")
+
+
+def test_default_settings_keep_arabic_content_words() -> None:
+    """Arabic words that the broad Persian stopword list holds (خير, عمل, زمان) stay
+    searchable under the default languages; `persian` opts into that list."""
+    default = Bm25(settings=SparseSettings(("english", "arabic"), unstemmed=("arabic",)))
+    for word in ("خير", "عمل", "زمان"):
+        assert default.embed_query(word).indices, word
+    assert Bm25(settings=MULTILINGUAL).embed_query("خير") == SparseVector([], [])
