@@ -27,7 +27,7 @@ from vector_pipeline.config import (
     collection_name_for,
 )
 from vector_pipeline.embedders.batching import Cl100kCounter, Utf8ByteCounter
-from vector_pipeline.points import content_hash, stored_rows
+from vector_pipeline.points import chunk_layout, content_hash, holds, stored_rows
 from vector_pipeline.source import SourceTable
 from vector_pipeline.store_state import StoreState
 
@@ -103,16 +103,17 @@ def text_tokens(counter: Counter, texts: Sequence[str]) -> int:
 
 def row_chunks(
     counter: Counter, model: EmbeddingModel, table: TableConfig, values: dict
-) -> tuple[int, int]:
-    """(chunks, tokens) of one row as the sync would send it: its chunks when it is over the
-    model's input limit and the table chunks, else one text, cut at the limit if need be."""
+) -> tuple[int, str, int]:
+    """(chunks, chunk_layout, tokens) of one row as the sync would send it: its chunks when it
+    is over the model's input limit and the table chunks, else one text, cut at the limit if
+    need be."""
     text = table.render_text(values)
     (n,) = counter.count([text])
     cap = input_limit(model)
     if not cap or n <= cap:
-        return 1, n
+        return 1, chunk_layout([text]), n
     if not table.chunking.enabled:
-        return 1, cap
+        return 1, chunk_layout([text]), cap
     chunks = chunk_text(
         table.text_template,
         {column: values[column] for column in table.text_columns},
@@ -121,7 +122,7 @@ def row_chunks(
         overlap_tokens=table.chunking.overlap_tokens,
         repeat=table.chunking.repeat,
     )
-    return len(chunks), sum(counter.count(chunks))
+    return len(chunks), chunk_layout(chunks), sum(counter.count(chunks))
 
 
 def price(model: EmbeddingModel) -> float | None:
@@ -183,11 +184,9 @@ def plan(
                     current |= {
                         key
                         for key, row in found.items()
-                        if row.complete
-                        and row.text_hash == page[key]
-                        and row.chunks == sent[key][0]
+                        if holds(row, page[key], sent[key][0], sent[key][1])
                     }
-            counted = sum(tokens for key, (_, tokens) in sent.items() if key not in current)
+            counted = sum(tokens for key, (_, _, tokens) in sent.items() if key not in current)
             everything = len(texts) >= pending
             tokens = counted if everything else round(counted * pending / max(len(texts), 1))
             per_million = price(model)

@@ -20,8 +20,9 @@ and truncate drains, claims, skips, reconcile and repair cannot drift apart:
   is a point. Chunk 0 has the reference id, so a row that fits is exactly one point as before;
   chunk k >= 1 has `chunk_point_id` (the formula with "\\0k" appended, which no row's formula
   string can equal: PostgreSQL text holds no NUL). The points of a chunked row carry
-  `meta_data.chunk` (k), `meta_data.chunks` (n) and `meta_data.text_hash` (md5 of the row's
-  whole text; each point's `content_hash` is its own chunk's); chunk 0 also carries
+  `meta_data.chunk` (k), `meta_data.chunks` (n), `meta_data.text_hash` (md5 of the row's
+  whole text; each point's `content_hash` is its own chunk's) and `meta_data.chunk_layout`
+  (`chunk_layout`: which chunks the text was split into); chunk 0 also carries
   `meta_data.chunk_ids`: every chunk id below it may exist (a row that shrank, a write that
   crashed), so deletes and rewrites clean them all.
 - **Filters and scrolling** over one table's points.
@@ -178,14 +179,15 @@ class StoredRow:
 
     `text_hash`: md5 of the whole text they hold (None: not a hash we wrote); `chunks`: how
     many chunks the text has; `chunk_ids`: how many chunk ids may hold points (>= chunks);
-    `complete`: every chunk 1..chunks-1 exists and holds the same text (checked by
-    `stored_rows(..., verify=...)`; True for a one-chunk row).
+    `complete`: every chunk 1..chunks-1 exists and holds the same text split the same way
+    (checked by `stored_rows(..., verify=...)`; True for a one-chunk row).
     """
 
     text_hash: str | None
     chunks: int
     chunk_ids: int
     complete: bool = True
+    layout: str | None = None  # chunk_layout of a chunked row's chunks
 
     def ids(self, data_type: str, key_text: str, collection: str, start: int = 0) -> list[str]:
         """The ids of every chunk from `start` that may exist, chunk 0 last (deleting in this
@@ -206,7 +208,29 @@ def stored_row(payload: dict[str, Any] | None) -> StoredRow:
     if chunks is None:
         return StoredRow(stored_hash(payload), 1, 1)
     text_hash = stored_hash({"content_hash": meta.get("text_hash")})
-    return StoredRow(text_hash, chunks, max(chunks, _positive_int(meta.get("chunk_ids")) or 1))
+    layout = meta.get("chunk_layout")
+    return StoredRow(
+        text_hash,
+        chunks,
+        max(chunks, _positive_int(meta.get("chunk_ids")) or 1),
+        layout=layout if isinstance(layout, str) else None,
+    )
+
+
+def holds(stored: StoredRow, text_hash: str, chunks: int, layout: str) -> bool:
+    """Whether a row's stored points are exactly what it would be written as now: its whole
+    text (`text_hash`), every chunk present, split into the same `chunks` (`layout`; a row of
+    one chunk is its text). Such a row is marked, not embedded."""
+    same_split = chunks == 1 or stored.layout == layout
+    return (stored.text_hash, stored.chunks, stored.complete) == (text_hash, chunks, True) and (
+        same_split
+    )
+
+
+def chunk_layout(chunks: Sequence[str]) -> str:
+    """md5 over the chunks' own md5s: two splits of one text (another overlap, header or
+    limit) differ in it, so a row is adopted only with the very chunks it would be written as."""
+    return hashlib.md5("\n".join(content_hash(chunk) for chunk in chunks).encode()).hexdigest()
 
 
 def _positive_int(value: Any) -> int | None:
@@ -218,6 +242,14 @@ def row_hash(payload: dict[str, Any] | None) -> str | None:
     return stored_row(payload).text_hash
 
 
+# The payload fields `stored_row` reads.
+_ROW_FIELDS = (
+    "content_hash",
+    "meta_data.chunks",
+    "meta_data.text_hash",
+    "meta_data.chunk_ids",
+    "meta_data.chunk_layout",
+)
 # Chunk ids per lookup request when checking that a chunked row's chunks are all there.
 _LOOKUP = 1000
 
@@ -244,12 +276,7 @@ def stored_rows(
         records = qdrant.retrieve(
             collection,
             ids=list(ids)[start : start + _LOOKUP],
-            with_payload=[
-                "content_hash",
-                "meta_data.chunks",
-                "meta_data.text_hash",
-                "meta_data.chunk_ids",
-            ],
+            with_payload=list(_ROW_FIELDS),
             with_vectors=False,
         )
         for record in records:
@@ -311,17 +338,18 @@ def _verify_chunks(
         records = qdrant.retrieve(
             collection,
             ids=list(wanted)[start : start + _LOOKUP],
-            with_payload=["content_hash", "meta_data.chunks", "meta_data.text_hash"],
+            with_payload=list(_ROW_FIELDS),
             with_vectors=False,
         )
         for record in records:
             key = wanted[str(record.id)]
-            if row_hash(record.payload) == verify[key]:
+            chunk = stored_row(record.payload)
+            if (chunk.text_hash, chunk.layout) == (verify[key], found[key].layout):
                 good[key] = good.get(key, 0) + 1
     for key, row in list(found.items()):
         if row.chunks > 1:
             complete = row.text_hash == verify.get(key) and good.get(key, 0) == row.chunks - 1
-            found[key] = StoredRow(row.text_hash, row.chunks, row.chunk_ids, complete)
+            found[key] = StoredRow(row.text_hash, row.chunks, row.chunk_ids, complete, row.layout)
 
 
 def content_hash(text: str) -> str:
@@ -360,6 +388,7 @@ def point_payload(
     chunks: int = 1,
     text_hash: str | None = None,
     chunk_ids: int = 1,
+    layout: str | None = None,
 ) -> dict[str, Any]:
     """The payload of a row's point (Agno's hybrid layout plus `meta_data` for the row).
 
@@ -379,7 +408,12 @@ def point_payload(
         **shown,
     }
     if chunks > 1 or chunk_ids > 1:
-        meta.update(chunk=chunk, chunks=chunks, text_hash=text_hash or content_hash(text))
+        meta.update(
+            chunk=chunk,
+            chunks=chunks,
+            text_hash=text_hash or content_hash(text),
+            chunk_layout=layout or chunk_layout([text]),
+        )
         if chunk == 0:
             meta["chunk_ids"] = max(chunks, chunk_ids)
     return {

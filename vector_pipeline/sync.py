@@ -39,8 +39,10 @@ from vector_pipeline.embedders import Embedder
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import (
     StoredRow,
+    chunk_layout,
     chunk_point_id,
     content_hash,
+    holds,
     point_id,
     point_payload,
     scroll_table_points,
@@ -193,7 +195,8 @@ def embed_batch(
     skipped, adopted, wanted = [], [], []
     stale_ids: list[str] = []
     skipped_ids: list[str] = []
-    planned: list[tuple[SourceRow, list[str], str, int]] = []  # row, chunks, text hash, ids
+    # row, its chunks, its text hash, the chunk ids it may have had, its chunk layout
+    planned: list[tuple[SourceRow, list[str], str, int, str]] = []
     for row in rows:
         before = stored.get(row.key)
         if not table.has_text(row.values):
@@ -206,23 +209,20 @@ def embed_batch(
             continue
         chunks = chunker.split(row.values)
         text_hash = content_hash(table.render_text(row.values))
+        layout = chunk_layout(chunks)
         ids_before = max(before.chunks, before.chunk_ids) if before else 1
-        if before and (before.text_hash, before.chunks, before.complete) == (
-            text_hash,
-            len(chunks),
-            True,
-        ):
+        if before is not None and holds(before, text_hash, len(chunks), layout):
             adopted.append(row)
         else:
             wanted.append(row)
-            planned.append((row, chunks, text_hash, ids_before))
+            planned.append((row, chunks, text_hash, ids_before, layout))
         if before and ids_before > len(chunks):
             stale_ids += before.ids(data_type, row.key, collection, start=len(chunks))
     if not wanted:
         return EmbeddedBatch(
             rows, wanted, skipped, adopted, [], (), 0, started, stale_ids, skipped_ids
         )
-    texts = [chunk for _, chunks, _, _ in planned for chunk in chunks]
+    texts = [chunk for _, chunks, _, _, _ in planned for chunk in chunks]
     dense = embedder.embed_documents(texts)
     failpoint("after_embed")
     sparse = bm25(sparse_settings).embed_documents(texts)
@@ -231,7 +231,7 @@ def embed_batch(
     others: list[PointData] = []
     truncated: list[int] = []
     index = 0
-    for position, (row, chunks, text_hash, ids_before) in enumerate(planned):
+    for position, (row, chunks, text_hash, ids_before, layout) in enumerate(planned):
         if any(index + k in cut for k in range(len(chunks))):
             truncated.append(position)
         for k, chunk in enumerate(chunks):
@@ -241,6 +241,7 @@ def embed_batch(
                 chunks=len(chunks),
                 text_hash=text_hash,
                 chunk_ids=max(ids_before, len(chunks)),
+                layout=layout,
             )
             point = PointData(
                 id=chunk_point_id(data_type, row.key, collection, k),
@@ -263,7 +264,7 @@ def embed_batch(
         started,
         stale_ids,
         skipped_ids,
-        chunked=sum(1 for _, chunks, _, _ in planned if len(chunks) > 1),
+        chunked=sum(1 for _, chunks, _, _, _ in planned if len(chunks) > 1),
     )
 
 
@@ -614,6 +615,7 @@ def _sync_pending(
 
 
 def _holds(stored: StoredRow | None, text: str) -> bool:
+    """Whether the points likely hold `text` (budget estimate: the layout is not checked)."""
     return stored is not None and stored.complete and stored.text_hash == content_hash(text)
 
 

@@ -259,7 +259,10 @@ def test_plan_counts_what_the_sync_then_sends_for_chunked_rows(chunked, conn, sc
     (entry,) = plan(conn, changed, qdrant=qdrant)
     result = sync_model(changed, conn, qdrant)
     assert entry.tokens == result.tokens > 0
-    assert entry.already_current == result.adopted
+    # Every row is chunked, so every one is split anew: none is adopted with its old chunks.
+    assert entry.already_current == result.adopted == 0
+    assert result.embedded == 3
+    check(conn, qdrant, changed, schema, points=result.points_written)
 
 
 def test_an_input_limit_too_small_to_chunk_by_is_a_config_error(tmp_path, schema, conn, qdrant):
