@@ -271,19 +271,27 @@ def stored_rows(
     if not keys or not qdrant.collection_exists(collection):
         return {}
     ids = {point_id(data_type, key, collection): key for key in keys}
-    found: dict[str, StoredRow] = {}
-    for start in range(0, len(ids), _LOOKUP):
-        records = qdrant.retrieve(
-            collection,
-            ids=list(ids)[start : start + _LOOKUP],
-            with_payload=list(_ROW_FIELDS),
-            with_vectors=False,
-        )
-        for record in records:
-            found[ids[str(record.id)]] = stored_row(record.payload)
+    found = {
+        ids[str(record.id)]: stored_row(record.payload)
+        for record in _retrieve(qdrant, collection, list(ids), _ROW_FIELDS)
+    }
     if verify:
         _verify_chunks(qdrant, data_type, collection, found, verify)
     return found
+
+
+def _retrieve(
+    qdrant: QdrantClient, collection: str, ids: list[str], fields: Sequence[str]
+) -> Iterator[models.Record]:
+    """The points among `ids` that exist, with `fields` of their payloads (none: no payload),
+    `_LOOKUP` ids per request."""
+    for start in range(0, len(ids), _LOOKUP):
+        yield from qdrant.retrieve(
+            collection,
+            ids=ids[start : start + _LOOKUP],
+            with_payload=list(fields) if fields else False,
+            with_vectors=False,
+        )
 
 
 def row_point_ids(
@@ -312,12 +320,8 @@ def existing_row_points(
     found: dict[str, list[str]] = {}
     if not candidates or not qdrant.collection_exists(collection):
         return found
-    listed = list(candidates)
-    for start in range(0, len(listed), _LOOKUP):
-        for record in qdrant.retrieve(
-            collection, ids=listed[start : start + _LOOKUP], with_payload=False, with_vectors=False
-        ):
-            found.setdefault(candidates[str(record.id)], []).append(str(record.id))
+    for record in _retrieve(qdrant, collection, list(candidates), ()):
+        found.setdefault(candidates[str(record.id)], []).append(str(record.id))
     return found
 
 
@@ -334,18 +338,11 @@ def _verify_chunks(
             for k in range(1, row.chunks):
                 wanted[chunk_point_id(data_type, key, collection, k)] = key
     good: dict[str, int] = {}
-    for start in range(0, len(wanted), _LOOKUP):
-        records = qdrant.retrieve(
-            collection,
-            ids=list(wanted)[start : start + _LOOKUP],
-            with_payload=list(_ROW_FIELDS),
-            with_vectors=False,
-        )
-        for record in records:
-            key = wanted[str(record.id)]
-            chunk = stored_row(record.payload)
-            if (chunk.text_hash, chunk.layout) == (verify[key], found[key].layout):
-                good[key] = good.get(key, 0) + 1
+    for record in _retrieve(qdrant, collection, list(wanted), _ROW_FIELDS):
+        key = wanted[str(record.id)]
+        chunk = stored_row(record.payload)
+        if (chunk.text_hash, chunk.layout) == (verify[key], found[key].layout):
+            good[key] = good.get(key, 0) + 1
     for key, row in list(found.items()):
         if row.chunks > 1:
             complete = row.text_hash == verify.get(key) and good.get(key, 0) == row.chunks - 1
