@@ -185,7 +185,7 @@ def _windows(
 
 
 class Chunker:
-    """A table's chunking for one embedder: `split(values)` gives a row's chunks.
+    """A table's chunking for one model: `split(values)` gives a row's chunks.
 
     Chunking needs the embedder's own token count (`count_tokens`) and input limit
     (`max_tokens_per_input`): the local models, e5, OpenAI-compatible APIs (cl100k, exact) and
@@ -194,23 +194,35 @@ class Chunker:
     provider and flagged `truncated` as before.
     """
 
-    def __init__(self, table: Any, embedder: Any) -> None:
+    def __init__(
+        self, table: Any, count_tokens: TokenCounter | None, limit: int | None, model_key: str
+    ) -> None:
         self._table = table
-        self._count: TokenCounter | None = getattr(embedder, "count_tokens", None)
-        self._limit: int | None = getattr(embedder, "max_tokens_per_input", None)
-        self.enabled = bool(table.chunking.enabled and self._count and self._limit)
+        self._count = count_tokens
+        self._limit = limit
+        self.enabled = bool(table.chunking.enabled and count_tokens and limit)
         if self.enabled:
-            assert self._count is not None and self._limit is not None
+            assert count_tokens is not None and limit is not None
             # Before any row is read: a limit too small to chunk by is a configuration error.
             try:
                 check_limit(
-                    self._count,
-                    self._limit,
-                    f"model {embedder.model_key!r} (config/embeddings.yaml: "
-                    f"embeddings.models.{embedder.model_key}.max_tokens_per_input)",
+                    count_tokens,
+                    limit,
+                    f"model {model_key!r} (config/embeddings.yaml: "
+                    f"embeddings.models.{model_key}.max_tokens_per_input)",
                 )
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+
+    @classmethod
+    def for_embedder(cls, table: Any, embedder: Any) -> Chunker:
+        """The chunking the sync does with `embedder`'s own count and input limit."""
+        return cls(
+            table,
+            getattr(embedder, "count_tokens", None),
+            getattr(embedder, "max_tokens_per_input", None),
+            embedder.model_key,
+        )
 
     def split(self, values: Mapping[str, Any]) -> list[str]:
         if not self.enabled:

@@ -97,12 +97,11 @@ def reencode(qdrant: QdrantClient, collection: str, table: str, settings: Sparse
             with_payload=["content"],
             with_vectors=[SPARSE],
         )
+        # A point without text is not one of ours: nothing to encode it from.
+        ours = [p for p in page if isinstance((p.payload or {}).get("content"), str)]
+        encoded = bm25.embed_documents([p.payload["content"] for p in ours])  # type: ignore[index]
         updates = []
-        for point in page:
-            text = (point.payload or {}).get("content")
-            if not isinstance(text, str):
-                continue  # not a point of ours: nothing to encode it from
-            new = bm25.embed_documents([text])[0]
+        for point, new in zip(ours, encoded, strict=True):
             old = point.vector.get(SPARSE) if isinstance(point.vector, dict) else None
             if isinstance(old, models.SparseVector) and _same(old, new.indices, new.values):
                 continue

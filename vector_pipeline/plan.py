@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 from qdrant_client import QdrantClient
 
-from vector_pipeline.chunks import chunk_text
+from vector_pipeline.chunks import Chunker
 from vector_pipeline.config import (
     DeterministicModel,
     EmbeddingModel,
@@ -102,26 +102,18 @@ def text_tokens(counter: Counter, texts: Sequence[str]) -> int:
 
 
 def row_chunks(
-    counter: Counter, model: EmbeddingModel, table: TableConfig, values: dict
+    counter: Counter, cap: int | None, chunker: Chunker, table: TableConfig, values: dict
 ) -> tuple[int, str, int]:
     """(chunks, chunk_layout, tokens) of one row as the sync would send it: its chunks when it
-    is over the model's input limit and the table chunks, else one text, cut at the limit if
-    need be."""
+    is over the model's input limit (`cap`) and `chunker` is on, else one text, cut at the
+    limit if need be."""
     text = table.render_text(values)
     (n,) = counter.count([text])
-    cap = input_limit(model)
     if not cap or n <= cap:
         return 1, chunk_layout([text]), n
-    if not table.chunking.enabled:
+    if not chunker.enabled:
         return 1, chunk_layout([text]), cap
-    chunks = chunk_text(
-        table.text_template,
-        {column: values[column] for column in table.text_columns},
-        lambda t: counter.count([t])[0],
-        cap,
-        overlap_tokens=table.chunking.overlap_tokens,
-        repeat=table.chunking.repeat,
-    )
+    chunks = chunker.split(values)
     return len(chunks), chunk_layout(chunks), sum(counter.count(chunks))
 
 
@@ -149,8 +141,8 @@ def plan(
     tokens and the cost, as the sync marks them without sending them."""
     keys = list(models or ()) or [config.embeddings.default]
     entries: list[PlanEntry] = []
-    for key in keys:
-        _, model = config.embeddings.model(key)
+    for model_key in keys:
+        _, model = config.embeddings.model(model_key)
         counter, exact_tokenizer = token_counter(model)
         for table in config.tables.tables:
             if tables and table.name not in tables:
@@ -168,7 +160,12 @@ def plan(
                 source.pending_values(collection, sample, every_row=every_row) if pending else []
             )
             with_text = {key: values for key, values in texts if values is not None}
-            sent = {key: row_chunks(counter, model, table, v) for key, v in with_text.items()}
+            cap = input_limit(model)
+            chunker = Chunker(table, lambda text, c=counter: c.count([text])[0], cap, model_key)
+            sent = {
+                row: row_chunks(counter, cap, chunker, table, values)
+                for row, values in with_text.items()
+            }
             current: set[str] = set()
             if qdrant is not None:
                 hashes = [
@@ -193,7 +190,7 @@ def plan(
             entries.append(
                 PlanEntry(
                     table=table.name,
-                    model=key,
+                    model=model_key,
                     collection=collection,
                     pending=pending,
                     rows_read=len(texts),

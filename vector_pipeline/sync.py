@@ -45,6 +45,7 @@ from vector_pipeline.points import (
     holds,
     point_id,
     point_payload,
+    row_point_ids,
     scroll_table_points,
     stored_rows,
 )
@@ -190,7 +191,7 @@ def embed_batch(
     """
     started = time.perf_counter()
     stored = stored or {}
-    chunker = chunker or Chunker(table, embedder)
+    chunker = chunker or Chunker.for_embedder(table, embedder)
     data_type = table.data_type
     skipped, adopted, wanted = [], [], []
     stale_ids: list[str] = []
@@ -367,7 +368,8 @@ def sync_table(
     state_schema = state_schema or schema
     source = SourceTable(conn, schema, table, state_schema)
     source.check_triggers()
-    chunker = Chunker(table, embedder)  # refuses an input limit too small to chunk by
+    # Refuses an input limit too small to chunk by, before any row is read.
+    chunker = Chunker.for_embedder(table, embedder)
     result = SyncResult(table=table.name, model=embedder.model_key, collection=collection)
     result.created_collection = ensure_collection(qdrant, collection, embedder.dimensions)
     failpoint("after_ensure_collection")
@@ -377,22 +379,7 @@ def sync_table(
             why = store.mismatch()  # another worker may have just dealt with it
             if why is not None:
                 result.marks_voided = void_marks(source, qdrant, store, why, log)
-    if encoding.needs_reencoding(
-        qdrant, collection, table.name, sparse
-    ) and not encoding.has_points(qdrant, collection, table.name):
-        # Nothing to re-encode, so nothing to lock: workers starting together on a new
-        # collection must not queue behind each other's exclusive lock.
-        encoding.record(qdrant, collection, table.name, sparse)
-    if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
-        with collection_lock(conn, schema, table, collection, log):
-            if encoding.needs_reencoding(qdrant, collection, table.name, sparse):
-                result.sparse_reencoded = encoding.reencode(qdrant, collection, table.name, sparse)
-                if result.sparse_reencoded:
-                    log.info(
-                        f"{table.name}: re-encoded the sparse vectors of "
-                        f"{result.sparse_reencoded} points in {collection} for its BM25 settings "
-                        f"(languages {', '.join(sparse.languages)}); nothing was re-embedded"
-                    )
+    result.sparse_reencoded = _reencode_sparse(conn, schema, qdrant, table, collection, sparse, log)
     # Shared: any number of workers sync this table into this collection together, sharing
     # the rows through claims; `repair` takes the lock exclusively and waits for them.
     with collection_lock(conn, schema, table, collection, log, shared=True):
@@ -445,6 +432,38 @@ def sync_table(
     return result
 
 
+def _reencode_sparse(
+    conn: psycopg.Connection,
+    schema: str,
+    qdrant: QdrantClient,
+    table: TableConfig,
+    collection: str,
+    sparse: SparseSettings,
+    log: Logger,
+) -> int:
+    """Bring the table's sparse vectors to the model's BM25 settings (encoding.py); returns
+    how many points were re-encoded."""
+    if not encoding.needs_reencoding(qdrant, collection, table.name, sparse):
+        return 0
+    if not encoding.has_points(qdrant, collection, table.name):
+        # Nothing to re-encode, so nothing to lock: workers starting together on a new
+        # collection must not queue behind each other's exclusive lock.
+        encoding.record(qdrant, collection, table.name, sparse)
+        return 0
+    with collection_lock(conn, schema, table, collection, log):
+        # Another worker may have re-encoded them while this one waited for the lock.
+        if not encoding.needs_reencoding(qdrant, collection, table.name, sparse):
+            return 0
+        reencoded = encoding.reencode(qdrant, collection, table.name, sparse)
+    if reencoded:
+        log.info(
+            f"{table.name}: re-encoded the sparse vectors of {reencoded} points in "
+            f"{collection} for its BM25 settings (languages {', '.join(sparse.languages)}); "
+            "nothing was re-embedded"
+        )
+    return reencoded
+
+
 def void_marks(
     source: SourceTable, qdrant: QdrantClient, store: StoreState, why: str, log: Logger
 ) -> int:
@@ -462,20 +481,8 @@ def void_marks(
     for points in scroll_table_points(qdrant, collection, table.name, ["meta_data.row_id"]):
         delete_points_of_gone_rows(source, qdrant, collection, points)
     skipped = [key for _, key, _, _ in source.skipped_rows(collection)]
-    found = stored_rows(qdrant, table.data_type, collection, skipped)
-    delete_points(
-        qdrant,
-        collection,
-        [
-            point
-            for key in skipped
-            for point in (
-                found[key].ids(table.data_type, key, collection)
-                if key in found
-                else [point_id(table.data_type, key, collection)]
-            )
-        ],
-    )
+    chunk_ids = row_point_ids(qdrant, table.data_type, collection, skipped)
+    delete_points(qdrant, collection, [point for key in skipped for point in chunk_ids[key]])
     store.start()
     if recorded is None and not voided:
         return 0  # the table's first sync into this collection: nothing to distrust
