@@ -68,21 +68,24 @@ class ColumnInfo:
     name: str
     type: str
     not_null: bool
+    default: str | None = None  # the DEFAULT expression as PostgreSQL prints it
 
 
 def table_columns(conn: psycopg.Connection, schema: str, table: str) -> dict[str, ColumnInfo]:
     """The table's columns by name; empty if the table does not exist."""
     rows = conn.execute(
         """
-        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull
+        SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid)
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
         WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
         """,
         (schema, table),
     ).fetchall()
-    return {name: ColumnInfo(name, type_, not_null) for name, type_, not_null in rows}
+    return {row[0]: ColumnInfo(*row) for row in rows}
 
 
 def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> dict[str, ColumnInfo]:
@@ -395,21 +398,72 @@ def _ensure_embedded_in(
     conn: psycopg.Connection, schema: str, table: TableConfig, columns: dict[str, ColumnInfo]
 ) -> list[str]:
     existing = columns.get(EMBEDDED_IN)
+    relation = sql.Identifier(schema, table.table)
     if existing is None:
         # A constant default makes this a catalog-only change: no table rewrite, no long lock.
         conn.execute(
             sql.SQL(
                 "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} JSONB NOT NULL DEFAULT '[]'::jsonb"
-            ).format(sql.Identifier(schema, table.table), sql.Identifier(EMBEDDED_IN))
+            ).format(relation, sql.Identifier(EMBEDDED_IN))
         )
         return [f"added {EMBEDDED_IN} to {schema}.{table.table}"]
     if existing.type != "jsonb":
-        raise SetupError(
-            f"{schema}.{table.table}.{EMBEDDED_IN} is {existing.type}, not jsonb. Convert it "
-            f"yourself (ALTER TABLE ... ALTER COLUMN {EMBEDDED_IN} TYPE jsonb USING "
-            f"{EMBEDDED_IN}::jsonb); setup never rewrites user data."
+        raise SetupError(_conversion_advice(conn, schema, table.table, existing))
+    if existing.default is None:
+        # Django's JSONField(default=list) makes the column NOT NULL with no database default
+        # (Django fills it in Python), so an INSERT from psql or another service that leaves
+        # it out fails. A default is a catalog-only change; an existing one is left alone.
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET DEFAULT '[]'::jsonb").format(
+                relation, sql.Identifier(EMBEDDED_IN)
+            )
         )
+        return [f"set the default of {schema}.{table.table}.{EMBEDDED_IN} to '[]'"]
     return []
+
+
+# A JSON array of plain strings, as PostgreSQL itself prints one: exactly the texts that
+# `::jsonb` accepts and that can hold collection names. PostgreSQL 15 has no `IS JSON`, and a
+# cast that fails aborts the whole ALTER, so anything else is turned into [] (pending: the
+# next sync re-embeds the row, or adopts its point if the point already holds its text).
+_JSON_STRING = r'"([^"\\[:cntrl:]]|\\["\\/bfnrt])*"'
+_JSON_STRING_ARRAY = (
+    rf"^[ \t\n\r]*\[[ \t\n\r]*({_JSON_STRING}[ \t\n\r]*"
+    rf"(,[ \t\n\r]*{_JSON_STRING}[ \t\n\r]*)*)?\][ \t\n\r]*$"
+)
+
+
+def _conversion_advice(
+    conn: psycopg.Connection, schema: str, table: str, column: ColumnInfo
+) -> str:
+    """Why a non-jsonb `embedded_in` stops setup, and for a text or json column the exact
+    statement that converts it (setup never rewrites user data itself)."""
+    problem = f"{schema}.{table}.{EMBEDDED_IN} is {column.type}, not jsonb"
+    textual = column.type.startswith(("text", "character", "json"))
+    if not textual or column.type.endswith("]"):  # arrays (text[]) need another USING
+        return (
+            f"{problem}. Convert it yourself to a jsonb array of collection names (ALTER TABLE "
+            f"... ALTER COLUMN {EMBEDDED_IN} TYPE jsonb USING ...) or drop it and run init-db "
+            "again to add it; setup never rewrites user data."
+        )
+    # The default goes first and comes back after: PostgreSQL cannot cast a default such as
+    # '[]'::text to jsonb by itself. NOT NULL survives a type change.
+    fix = sql.SQL(
+        "ALTER TABLE {table} ALTER COLUMN {column} DROP DEFAULT, "
+        "ALTER COLUMN {column} TYPE jsonb USING CASE WHEN {column}::text ~ {pattern} "
+        "THEN {column}::text::jsonb ELSE '[]'::jsonb END, "
+        "ALTER COLUMN {column} SET DEFAULT '[]'::jsonb;"
+    ).format(
+        table=sql.Identifier(schema, table),
+        column=sql.Identifier(EMBEDDED_IN),
+        pattern=sql.Literal(_JSON_STRING_ARRAY),
+    )
+    return (
+        f"{problem}; setup never rewrites user data. This statement converts it (it rewrites "
+        "the table under an exclusive lock, so run it at a quiet time); arrays of strings "
+        "are kept, anything else (NULL, '', plain text) becomes [], pending:\n"
+        + fix.as_string(conn)
+    )
 
 
 # Everything below changes a table only when it lacks the change: ALTER TABLE, and CREATE INDEX
