@@ -646,10 +646,10 @@ def demo(ctx: click.Context, query: str, articles: int, hadiths: int) -> None:
 def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     """Start `dagster dev` on the embedded defaults (extra arguments go to dagster dev)."""
     config = state.config
+    project_root = _dagster_project_root(config)
     home = locations.state_dir()
     dagster_home = home / "dagster_home"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    project_root = Path.cwd()
     # DAGSTER_HOME must hold dagster.yaml; copy the project's so there is one file to edit.
     shutil.copyfile(project_root / "dagster.yaml", dagster_home / "dagster.yaml")
     database_url = locations.database_url()
@@ -659,7 +659,7 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
         "DAGSTER_PG_URL": locations.dagster_storage_url(database_url),
         "DAGSTER_HOME": str(dagster_home),
         locations.STATE_DIR_ENV: str(home),
-        CONFIG_DIR_ENV: str(config.config_dir.absolute()),
+        CONFIG_DIR_ENV: str(config.config_dir.resolve()),
     }
     if not os.environ.get("QDRANT_URL"):
         env["QDRANT_PATH"] = locations.qdrant_location().path or ""
@@ -670,6 +670,28 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     # that is not DAGSTER_HOME's; workspace.yaml resolves the code location's own directory.
     os.chdir(dagster_home)
     os.execve(sys.executable, command, env)
+
+
+DAGSTER_FILES = ("dagster.yaml", "workspace.yaml")
+
+
+def _dagster_project_root(config: ProjectConfig) -> Path:
+    """The folder holding the project's dagster.yaml and workspace.yaml: the config folder's
+    parent (the project root, however the config folder was found), else the working
+    directory, so `dev` works from anywhere `--config-dir` or its variable points home."""
+    candidates = dict.fromkeys([config.config_dir.resolve().parent, Path.cwd().resolve()])
+    for folder in candidates:
+        if all((folder / name).is_file() for name in DAGSTER_FILES):
+            return folder
+    looked = " or ".join(
+        f"{folder} (no {', '.join(n for n in DAGSTER_FILES if not (folder / n).is_file())})"
+        for folder in candidates
+    )
+    raise click.ClickException(
+        f"dev needs the project's dagster.yaml and workspace.yaml, not found in {looked}: run "
+        f"it from the project root, or point --config-dir (or ${CONFIG_DIR_ENV}) at the "
+        "project's config folder, whose parent holds them"
+    )
 
 
 @main.command("stop-db")

@@ -483,3 +483,93 @@ def test_operator_materializes_one_partition_from_the_ui(
     assert run["assetSelection"] == [{"path": [table]}]
     assert dagster_dev.marked(collection, table) == MEMO_ROWS
     assert (ARTIFACTS / "ui-run-page.png").stat().st_size > 10_000
+
+
+# --- `vector-pipeline dev` itself --------------------------------------------------------------
+
+
+def dagster_project(root: Path, schema: str, *, dagster_files: bool = True) -> Path:
+    """A project folder laid out like this repository: config/, dagster.yaml, workspace.yaml."""
+    write_config(root / "config", schema)
+    if dagster_files:
+        instance = (REPO_ROOT / "dagster.yaml").read_text()
+        (root / "dagster.yaml").write_text(f"# this project's instance\n{instance}")
+        (root / "workspace.yaml").write_text((REPO_ROOT / "workspace.yaml").read_text())
+    return root
+
+
+@pytest.fixture
+def dev_command(monkeypatch, tmp_path: Path, database_url: str, dagster_storage_url: str):
+    """Runs `vector-pipeline ARGS` from an empty folder outside any project, up to the exec
+    of dagster dev, and returns (result, what it would exec: path, argv, environment)."""
+    from click.testing import CliRunner
+
+    from vector_pipeline.cli import main
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_storage_url)
+    monkeypatch.setenv("VECTOR_PIPELINE_HOME", str(tmp_path / "state"))
+    for variable in ("VECTOR_PIPELINE_CONFIG_DIR", "QDRANT_URL", "DAGSTER_HOME"):
+        monkeypatch.delenv(variable, raising=False)
+    execs: list[tuple[str, list[str], dict[str, str]]] = []
+
+    class Exec(Exception):
+        pass
+
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        execs.append((path, list(argv), dict(env)))
+        raise Exec  # where the real one would replace this process with dagster dev
+
+    monkeypatch.setattr(os, "execve", execve)
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(main, list(args))
+        if execs:
+            assert isinstance(result.exception, Exec), result.output
+        return result, (execs[-1] if execs else None)
+
+    return invoke
+
+
+def test_dev_from_another_directory_finds_the_projects_dagster_files(
+    dev_command, tmp_path: Path, schema: str
+):
+    project = dagster_project(tmp_path / "project", schema)
+
+    _, launched = dev_command("--config-dir", "../project/config", "dev", "-p", "3999")
+
+    assert launched is not None
+    path, argv, env = launched
+    dagster_home = tmp_path / "state" / "dagster_home"
+    workspace = str(project / "workspace.yaml")
+    assert argv == [sys.executable, "-m", "dagster", "dev", "-w", workspace, "-p", "3999"]
+    assert (dagster_home / "dagster.yaml").read_text().startswith("# this project's instance")
+    assert env["DAGSTER_HOME"] == str(dagster_home)
+    assert env["VECTOR_PIPELINE_CONFIG_DIR"] == str(project / "config")
+    # What dagster dev does first, with the same files, environment and working directory:
+    # load the instance from DAGSTER_HOME and the code location from the workspace.
+    validated = subprocess.run(
+        [path, "-m", "dagster", "definitions", "validate", "-w", workspace],
+        cwd=dagster_home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert "Validation successful for code location vector_pipeline" in validated.stdout
+
+
+def test_dev_without_dagster_files_says_what_is_missing(dev_command, tmp_path: Path, schema: str):
+    project = dagster_project(tmp_path / "project", schema, dagster_files=False)
+
+    result, launched = dev_command("--config-dir", str(project / "config"), "dev")
+
+    assert launched is None
+    assert result.exit_code == 1
+    (message,) = result.output.splitlines()
+    assert "dagster.yaml" in message and "workspace.yaml" in message
+    assert str(project) in message and "--config-dir" in message
