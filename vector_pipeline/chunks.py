@@ -49,16 +49,17 @@ def chunk_text(
     *,
     overlap_tokens: int,
     repeat: Sequence[str] | None = None,
+    null_as: str = "",
 ) -> list[str]:
     """The chunks of one row's text: `[rendered]` when it fits `limit` tokens, else chunks of
     at most `limit` tokens each (see the module docstring).
 
-    `values` maps the template's fields to the row's values (None renders as empty, as
+    `values` maps the template's fields to the row's values (None renders as `null_as`, as
     TableConfig.render_text does); `count_tokens` counts what the model reads for a text.
     Raises ValueError when `limit` leaves no room for text.
     """
     segments = [
-        (literal, field, _render_field(values, field, spec, conversion))
+        (literal, field, _render_field(values, field, spec, conversion, null_as))
         for literal, field, spec, conversion in string.Formatter().parse(template)
     ]
     rendered = "".join(literal + value for literal, _field, value in segments)
@@ -81,13 +82,17 @@ _FORMATTER = string.Formatter()
 
 
 def _render_field(
-    values: Mapping[str, Any], field: str | None, spec: str | None, conversion: str | None
+    values: Mapping[str, Any],
+    field: str | None,
+    spec: str | None,
+    conversion: str | None,
+    null_as: str,
 ) -> str:
-    """One field as `str.format_map` renders it in TableConfig.render_text (NULL as empty,
+    """One field as `str.format_map` renders it in TableConfig.render_text (NULL as `null_as`,
     conversion and format spec applied), so a chunked row's text is the rendered text."""
     if field is None:
         return ""
-    value = "" if values[field] is None else values[field]
+    value = null_as if values[field] is None else values[field]
     return _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
 
 
@@ -235,4 +240,5 @@ class Chunker:
             self._limit,
             overlap_tokens=self._table.chunking.overlap_tokens,
             repeat=self._table.chunking.repeat,
+            null_as=self._table.null_as,
         )

@@ -23,6 +23,8 @@ import click
 from tqdm import tqdm
 
 from vector_pipeline import locations
+from vector_pipeline.adoption import AdoptionError
+from vector_pipeline.adoption import adopt as adopt_collections
 from vector_pipeline.config import (
     CONFIG_DIR_ENV,
     ConfigError,
@@ -43,7 +45,7 @@ from vector_pipeline.reconcile import repair as repair_collection
 from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, ForeignPointsError, sync_configured_table
 from vector_pipeline.vector_store import CollectionMismatchError, QdrantBusyError, open_qdrant
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
@@ -58,6 +60,8 @@ _KNOWN_ERRORS = (
     CollectionMismatchError,
     EmbeddingError,
     LookupError,
+    AdoptionError,
+    ForeignPointsError,
 )
 
 
@@ -281,6 +285,86 @@ def repair(
         embedder.close()
     if dry_run and differs:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option("--model", help="Model key whose collections to adopt (default: the default model).")
+@click.option("--table", "tables", multiple=True, help="Table (repeatable; default: all).")
+@click.option("--dry-run", is_flag=True, help="Only report what it would do and cost.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as JSON.")
+@pass_state
+@_fail_cleanly
+def adopt(
+    state: _State, model: str | None, tables: tuple[str, ...], dry_run: bool, as_json: bool
+) -> None:
+    """Take over a collection another writer filled (the reference design through Agno).
+
+    Each point is traced to its row and moved to the row's formula id with its own vectors,
+    in this pipeline's payload layout; nothing is embedded. Rows whose point holds their
+    current text are marked; the rest are left for the next sync, whose cost is printed.
+    Idempotent: run it again after a crash.
+    """
+    config = state.config
+    logger = _EchoLog(quiet=as_json)
+    with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+        reports = adopt_collections(
+            conn, qdrant, config, model, list(tables), dry_run=dry_run, logger=logger
+        )
+    if as_json:
+        click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
+        return
+    for report in reports:
+        verb = "would write" if dry_run else "wrote"
+        click.echo(
+            f"{report.collection}: {report.points_scanned} points read, {verb} "
+            f"{report.points_written} in {report.seconds:.1f} s, "
+            f"{report.unattributed} left as unattributed; IDF modifier {report.idf}"
+        )
+        lines = [
+            (
+                t.table,
+                str(t.points_moved),
+                str(t.payloads_rewritten),
+                str(t.points_in_place),
+                str(t.duplicates_deleted + t.gone_deleted),
+                str(t.rows_held),
+                str(t.rows_to_embed),
+                f"{t.stale}/{t.chunked}/{t.without_point}",
+                f"{t.tokens:,}" + ("" if t.tokens_exact else " ~"),
+                _money(t.cost),
+            )
+            for t in report.tables
+        ]
+        _print_table(
+            (
+                "table",
+                "moved",
+                "rewritten",
+                "in place",
+                "deleted",
+                "kept",
+                "to embed",
+                "stale/chunked/no point",
+                "tokens",
+                "cost",
+            ),
+            lines,
+            range(1, 10),
+        )
+
+
+class _EchoLog:
+    """Adoption's findings, each one line on stderr (stdout stays the report)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def info(self, msg: str, *args: Any) -> None:
+        if not self.quiet:
+            click.echo(msg % args if args else msg, err=True)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        click.echo("warning: " + (msg % args if args else msg), err=True)
 
 
 class _QuietLog:

@@ -278,6 +278,10 @@ class TableConfig(_Strict):
     name_column: str | None = None
     collection_base: str
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    # What a NULL column becomes in the text. The reference design built its texts with
+    # Python f-strings, which print NULL as "None"; a table adopted from it (adoption.py) sets
+    # `null_as: "None"` so its rows with NULL fields keep their points instead of paying again.
+    null_as: str = ""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -338,6 +342,9 @@ class TableConfig(_Strict):
         points (store_state.py)."""
         chunking = self.chunking.model_dump_json()
         text = f"{RENDERING_VERSION}\0{self.text_template}\0{chunking}"
+        if self.null_as:
+            # Only when set, so tables that never set it keep their fingerprint.
+            text += f"\0null_as={self.null_as}"
         return hashlib.md5(text.encode()).hexdigest()
 
     @property
@@ -364,9 +371,10 @@ class TableConfig(_Strict):
         return tuple(dict.fromkeys(wanted))
 
     def render_text(self, row: dict[str, Any]) -> str:
-        """The text that gets embedded: the template filled in, NULL as empty."""
+        """The text that gets embedded: the template filled in, NULL as `null_as` (empty)."""
         values = {
-            column: "" if row[column] is None else row[column] for column in self.text_columns
+            column: self.null_as if row[column] is None else row[column]
+            for column in self.text_columns
         }
         return self.text_template.format_map(values)
 

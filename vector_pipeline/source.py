@@ -47,6 +47,7 @@ MARK_CHUNK = 1000  # keys per UPDATE when marking rows pending
 VOID_CHUNK = 5000  # rows per transaction when voiding every mark of a collection
 KEY_TEXT = "__vector_pipeline_key"
 MINE = "__vector_pipeline_mine"
+SCAN_PAGE = 5000  # rows per statement when reading a whole table (`scan`)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,81 @@ class SourceTable:
                 return
             query = next_query
             params = {**params, "after": key}
+
+    def scan(
+        self, *, marked_in: str | None = None, with_values: bool = False, page: int = SCAN_PAGE
+    ) -> Iterator[list[SourceRow]]:
+        """Every row in key order, `page` at a time, read only (no claim, no lock): only rows
+        marked for `marked_in` when given; with `with_values`, the text, payload and name
+        columns and the text version too (else `values` is empty and `version` blank).
+
+        Each page is one statement (keyset pagination on the key), so no transaction stays
+        open between pages and a table of any size is read in bounded memory.
+        """
+        columns = self.config.row_columns if with_values else ()
+        template = """
+            SELECT {key_text} AS {key_name}, {version} AS {version_name} {selected}
+            FROM {relation} AS t WHERE {marked} %s ORDER BY {order} LIMIT %%(limit)s
+            """
+        parts = {
+            "key_text": self.key.text("t"),
+            "key_name": sql.Identifier(KEY_TEXT),
+            "version": self._version if with_values else sql.SQL("''"),
+            "version_name": sql.Identifier(VERSION),
+            "selected": sql.SQL("").join(
+                sql.SQL(", t.{}").format(sql.Identifier(c)) for c in columns
+            ),
+            "relation": self._relation,
+            "marked": sql.SQL("NOT ({})").format(pending_condition(marked_in))
+            if marked_in
+            else sql.SQL("true"),
+            "order": self.key.columns_of("t"),
+        }
+        query = sql.SQL(template % "").format(**parts)
+        next_query = sql.SQL(template % "AND {after}").format(
+            **parts, after=self.key.after("t", sql.SQL("%(after)s::text"))
+        )
+        params: dict[str, Any] = {"limit": page}
+        while True:
+            with self.conn.cursor(row_factory=dict_row) as cursor:
+                records = cursor.execute(query, params).fetchall()
+            if not records:
+                return
+            batch = []
+            for record in records:
+                key = record.pop(KEY_TEXT)
+                version = record.pop(VERSION)
+                batch.append(SourceRow(key, version, record, self.key.row_id(key)))
+            yield batch
+            if len(records) < page:
+                return
+            query = next_query
+            params = {**params, "after": batch[-1].key}
+
+    def rows(self, keys: Sequence[str]) -> dict[str, SourceRow]:
+        """The rows with exactly these key texts (gone ones are left out), with their text,
+        payload and name columns and text version, read only; by key text."""
+        if not keys:
+            return {}
+        columns = self.config.row_columns
+        query = sql.SQL(
+            "SELECT v.k AS {key_name}, {version} AS {version_name}, {columns} "
+            "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
+        ).format(
+            key_name=sql.Identifier(KEY_TEXT),
+            version=self._version,
+            version_name=sql.Identifier(VERSION),
+            columns=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            relation=self._relation,
+            match=self.key.match("t", sql.SQL("v.k")),
+        )
+        found: dict[str, SourceRow] = {}
+        with self.conn.cursor(row_factory=dict_row) as cursor:
+            for record in cursor.execute(query, (list(keys),)):
+                key = record.pop(KEY_TEXT)
+                version = record.pop(VERSION)
+                found[key] = SourceRow(key, version, record, self.key.row_id(key))
+        return found
 
     def mark_embedded(
         self, collection: str, rows: Sequence[SourceRow], release: Sequence[SourceRow] = ()

@@ -56,6 +56,7 @@ from vector_pipeline.vector_store import (
     PointData,
     delete_points,
     ensure_collection,
+    foreign_point,
     upsert_points,
 )
 
@@ -130,7 +131,8 @@ def bm25(settings: SparseSettings = DEFAULT_SPARSE) -> Bm25:
     return Bm25(settings=settings)
 
 
-def _payload_args(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
+def payload_args(table: TableConfig, row: SourceRow, text: str, truncated: bool) -> dict[str, Any]:
+    """`points.point_payload`'s arguments for `row`'s point holding `text`."""
     return {
         "table": table.name,
         "data_type": table.data_type,
@@ -237,7 +239,7 @@ def embed_batch(
             truncated.append(position)
         for k, chunk in enumerate(chunks):
             payload = point_payload(
-                **_payload_args(table, row, chunk, index + k in cut),
+                **payload_args(table, row, chunk, index + k in cut),
                 chunk=k,
                 chunks=len(chunks),
                 text_hash=text_hash,
@@ -377,6 +379,8 @@ def sync_table(
     if check_store and store.mismatch() is not None:
         with collection_lock(conn, schema, table, collection, log):
             why = store.mismatch()  # another worker may have just dealt with it
+            if why is not None and store.recorded() is None:
+                refuse_foreign_points(qdrant, collection, table)
             if why is not None:
                 result.marks_voided = void_marks(source, qdrant, store, why, log)
     result.sparse_reencoded = _reencode_sparse(conn, schema, qdrant, table, collection, sparse, log)
@@ -462,6 +466,23 @@ def _reencode_sparse(
             "nothing was re-embedded"
         )
     return reencoded
+
+
+class ForeignPointsError(RuntimeError):
+    """The collection holds points another writer made; syncing would pay for every row."""
+
+
+def refuse_foreign_points(qdrant: QdrantClient, collection: str, table: TableConfig) -> None:
+    """Before a table's first sync into an existing collection: refuse a collection holding
+    points this pipeline did not write (the reference design's, through Agno), whose rows a
+    sync could not find and would embed again beside them."""
+    found = foreign_point(qdrant, collection)
+    if found is not None:
+        raise ForeignPointsError(
+            f"{table.name}: collection {collection} holds points another writer made (e.g. "
+            f"{found}, without meta_data.table); run `vector-pipeline adopt` to take them over "
+            "without embedding again (see README, Adopting a collection)"
+        )
 
 
 def void_marks(

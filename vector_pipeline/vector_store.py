@@ -118,6 +118,13 @@ def ensure_collection(client: QdrantClient, name: str, dimensions: int) -> bool:
                 f"{DENSE!r} and {SPARSE!r}; it was not written by this pipeline. Rename "
                 "collection_base in config/tables.yaml or delete the collection."
             )
+        if sparse[SPARSE].modifier != models.Modifier.IDF:
+            # Agno creates hybrid collections so; BM25 scores without IDF rank unlike ours.
+            raise CollectionMismatchError(
+                f"Qdrant collection {name!r} has a sparse vector without the IDF modifier, as "
+                "Agno's Qdrant store creates it; take the collection over with "
+                "`vector-pipeline adopt` (see README, Adopting a collection)"
+            )
         if vectors[DENSE].size != dimensions:
             raise CollectionMismatchError(
                 f"Qdrant collection {name!r} holds {vectors[DENSE].size}-dimensional vectors, "
@@ -139,6 +146,20 @@ def ensure_collection(client: QdrantClient, name: str, dimensions: int) -> bool:
         for key in ("meta_data.table", "meta_data.data_type", "content_hash"):
             client.create_payload_index(name, key, models.PayloadSchemaType.KEYWORD)
     return True
+
+
+def foreign_point(qdrant: QdrantClient, collection: str) -> str | None:
+    """The id of a point in `collection` that this pipeline did not write (no
+    `meta_data.table`), if any: one scrolled id."""
+    page, _ = qdrant.scroll(
+        collection,
+        scroll_filter=models.Filter(
+            must=[models.IsEmptyCondition(is_empty=models.PayloadField(key="meta_data.table"))]
+        ),
+        limit=1,
+        with_payload=False,
+    )
+    return str(page[0].id) if page else None
 
 
 @dataclass(frozen=True)

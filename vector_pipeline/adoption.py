@@ -1,0 +1,655 @@
+"""Adoption: take over a collection another writer filled, without embedding anything again.
+
+The reference design wrote its points through Agno's Qdrant store, which never uses the
+reference formula as the point id (Agno 2.x: md5 of the content; 3.x: md5 of the document id
+and `content_hash`); the formula lands in `payload.content_hash`. A sync addresses a row's point
+by the formula, so until those points are moved it cannot find, replace or delete them.
+Adoption moves them: vectors and all, with no embedding request.
+
+How a point is traced to its row. Every trace is proven by recomputing the formula, never
+guessed:
+1. its id is the formula of a row the table has now (already where the sync looks);
+2. its `content_hash` is (what the reference passed to Agno);
+3. a payload field holds a key (our `meta_data.row_id`, any scalar of the reference's own
+   `meta_data`, a `name` of the form `{DATA_TYPE}_{key}`) whose formula is the point's id or
+   its `content_hash`. If no row has that key now, the row is gone.
+A point none of these trace is left in place and counted as unattributed.
+
+What happens to a point of a row that exists:
+- One point per row survives: one holding the row's current text, else the one already at the
+  formula id, else the first found. The others are deleted.
+- It is written at the formula id with its own dense vector, its sparse vector encoded from its
+  `content` under the model's BM25 settings (sparse.py), and the product's payload
+  (points.py) built from the row. `content` stays the text its vectors were made from; fields
+  of the old payload the product does not write (Agno's `user_id`, the reference's own
+  `meta_data` keys, `usage`, `content_id`) are kept, so Agno's readers load it as before.
+- The row is marked when that text is the row's current text in the one chunk the sync would
+  write. Otherwise it is left pending, and only it is embedded by the next sync: it was edited
+  since, renders NULL another way (see `null_as`), or is longer than the model reads.
+A point already in the product's layout at its formula id is left as it is, and its row is
+judged exactly as a sync would judge it (so adopting a collection this product wrote changes
+nothing). Points of rows that are gone are deleted; marks of rows left without a point that
+holds their text are removed.
+
+Order and crashes. Per page of points: write the kept points at their formula ids, then delete
+the old ids, then mark. A crash anywhere leaves either two copies (the next run deletes the
+old one: it traces to the same row, whose formula id then holds the kept one) or a mark
+missing (the next run sets it); nothing is marked before its point is written. A second run
+finds every point in place and changes nothing. Until a run completes, the collection has no
+store record (store_state.py), so a sync refuses it rather than paying for every row
+(`foreign_point`). A run ends by setting the IDF modifier Agno leaves off, recording the
+sparse settings (encoding.py) and starting each table's store record, so the next sync
+trusts the marks.
+
+The whole collection is read once; the formula ids of every row of its tables are held in
+memory meanwhile (about 200 bytes per row).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from qdrant_client import QdrantClient, models
+
+from vector_pipeline import encoding
+from vector_pipeline.chunks import Chunker
+from vector_pipeline.config import EmbeddingModel, ProjectConfig, TableConfig
+from vector_pipeline.deletes import collection_lock
+from vector_pipeline.failpoints import failpoint
+from vector_pipeline.plan import input_limit, price, row_chunks, token_counter
+from vector_pipeline.points import (
+    chunk_layout,
+    chunk_point_id,
+    content_hash,
+    holds,
+    key_text_of_row_id,
+    point_id,
+    point_payload,
+)
+from vector_pipeline.source import SourceRow, SourceTable
+from vector_pipeline.sparse import SparseVector
+from vector_pipeline.store_state import StoreState
+from vector_pipeline.sync import bm25, lookup_points, payload_args
+from vector_pipeline.vector_store import (
+    DENSE,
+    SPARSE,
+    PointData,
+    delete_points,
+    upsert_points,
+)
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000  # points read per scroll request
+COUNT_SAMPLE = 10_000  # pending rows whose tokens a report counts; beyond, scaled
+SAMPLE_IDS = 10  # ids kept as examples of unattributed points
+# What the reference design's f-strings printed for NULL (see TableConfig.null_as).
+REFERENCE_NULL = "None"
+# Scalars of a payload tried as a row's key text when tracing a point (longer ones are not keys).
+_MAX_KEY_CHARS = 512
+
+
+class AdoptionError(RuntimeError):
+    """The collection cannot be adopted as it is; the message says why and what to do."""
+
+
+@dataclass
+class TableAdoption:
+    """What adoption did (or, in a dry run, would do) for one table."""
+
+    table: str
+    points_in_place: int = 0  # already at the formula id in the product's layout
+    points_moved: int = 0  # written at the formula id with their own vectors
+    payloads_rewritten: int = 0  # at the formula id already; payload put in the product's layout
+    duplicates_deleted: int = 0  # second points of one row
+    gone_deleted: int = 0  # points of rows that are gone
+    rows_held: int = 0  # rows whose point holds their current text: marked, never embedded
+    marks_added: int = 0
+    marks_removed: int = 0
+    rows_to_embed: int = 0  # rows with text that the next sync embeds
+    stale: int = 0  # of those, rows whose point holds another text (edited since)
+    chunked: int = 0  # rows whose point holds their text whole, which the sync would split
+    without_point: int = 0  # rows with no point at all
+    no_text: int = 0  # rows with no text (skipped by syncs, never sent)
+    # Of the stale rows, those whose point holds the text NULL rendered as "None" gives.
+    null_as_reference: int = 0
+    tokens: int = 0  # to embed the rows to embed (scaled from COUNT_SAMPLE rows when more)
+    tokens_exact: bool = True
+    cost: float | None = None  # US dollars (None: the model has no price)
+
+
+@dataclass
+class AdoptionReport:
+    collection: str
+    model: str
+    dry_run: bool
+    tables: list[TableAdoption]
+    points_scanned: int = 0
+    unattributed: int = 0  # points traced to no configured table's row: left in place
+    unattributed_ids: list[str] = field(default_factory=list)
+    idf: str = ""  # the sparse vector's IDF modifier: "present", "set", or "missing" (dry run)
+    sparse_reencoded: int = 0
+    seconds: float = 0.0
+
+    @property
+    def points_written(self) -> int:
+        return sum(t.points_moved + t.payloads_rewritten for t in self.tables)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "points_written": self.points_written}
+
+
+def adopt(
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    config: ProjectConfig,
+    model_key: str | None = None,
+    tables: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+    logger: Any = log,
+    page: int = PAGE,
+) -> list[AdoptionReport]:
+    """Adopt the collections of `model_key` (default: the default model) for `tables`
+    (default: all), one report per collection; see the module docstring.
+
+    Raises AdoptionError when a collection is missing or its layout does not fit the model,
+    before anything is written."""
+    key, model = config.embeddings.model(model_key)
+    chosen = [t for t in config.tables.tables if not tables or t.name in tables]
+    unknown = sorted(set(tables) - {t.name for t in config.tables.tables})
+    if unknown:
+        raise AdoptionError(f"no table {unknown[0]!r} in tables.yaml")
+    by_collection: dict[str, list[TableConfig]] = {}
+    for table in chosen:
+        by_collection.setdefault(config.collection_for(table, key), []).append(table)
+    for collection in by_collection:
+        _check_layout(qdrant, collection, model, key)
+    return [
+        _Adoption(conn, qdrant, config, key, model, collection, group, dry_run, logger).run(page)
+        for collection, group in by_collection.items()
+    ]
+
+
+def _check_layout(qdrant: QdrantClient, collection: str, model: EmbeddingModel, key: str) -> None:
+    if not qdrant.collection_exists(collection):
+        raise AdoptionError(
+            f"Qdrant has no collection {collection!r} to adopt (model {key!r}); check "
+            "collection_base in tables.yaml and the model's id in embeddings.yaml"
+        )
+    params = qdrant.get_collection(collection).config.params
+    vectors = params.vectors if isinstance(params.vectors, dict) else {}
+    sparse = params.sparse_vectors or {}
+    if DENSE not in vectors or SPARSE not in sparse:
+        raise AdoptionError(
+            f"collection {collection!r} lacks the named vectors {DENSE!r} and {SPARSE!r} of a "
+            "hybrid collection (Agno's `search_type=hybrid`); only those can be adopted "
+            "without embedding again"
+        )
+    if vectors[DENSE].size != model.dimensions:
+        raise AdoptionError(
+            f"collection {collection!r} holds {vectors[DENSE].size}-dimensional vectors but "
+            f"model {key!r} has {model.dimensions}; adopt it with the model that wrote it"
+        )
+    if vectors[DENSE].distance != models.Distance.COSINE:
+        raise AdoptionError(
+            f"collection {collection!r} compares dense vectors by {vectors[DENSE].distance}, "
+            "not cosine as this pipeline's collections do; it cannot be adopted"
+        )
+
+
+def ensure_idf(qdrant: QdrantClient, collection: str, *, dry_run: bool = False) -> str:
+    """Give the collection's sparse vector the IDF modifier (Qdrant >= 1.10 applies it at
+    query time, so no point is rewritten): "present", "set", or "missing" in a dry run.
+
+    Agno creates hybrid collections without it, so their BM25 scores lack IDF and rank
+    keyword matches unlike the collections this pipeline creates."""
+    current = (qdrant.get_collection(collection).config.params.sparse_vectors or {})[SPARSE]
+    if current.modifier == models.Modifier.IDF:
+        return "present"
+    if dry_run:
+        return "missing"
+    fix = (
+        f"recreate {collection!r} with sparse_vectors_config={{'{SPARSE}': "
+        "SparseVectorParams(modifier=Modifier.IDF)}} (or upgrade Qdrant to >= 1.10) and run "
+        "adopt again"
+    )
+    try:
+        qdrant.update_collection(
+            collection,
+            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+        )
+    except Exception as exc:  # noqa: BLE001 - the server's refusal, reported as one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AdoptionError(f"Qdrant refused the IDF modifier ({first}); {fix}") from None
+    after = (qdrant.get_collection(collection).config.params.sparse_vectors or {})[SPARSE]
+    if after.modifier != models.Modifier.IDF:
+        raise AdoptionError(f"Qdrant accepted but did not apply the IDF modifier; {fix}")
+    return "set"
+
+
+@dataclass
+class _Candidate:
+    """A point that traces to a row that exists."""
+
+    id: str
+    payload: dict[str, Any]
+    at_target: bool
+
+
+class _Adoption:
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        qdrant: QdrantClient,
+        config: ProjectConfig,
+        model_key: str,
+        model: EmbeddingModel,
+        collection: str,
+        tables: list[TableConfig],
+        dry_run: bool,
+        logger: Any,
+    ) -> None:
+        self.conn, self.qdrant, self.config = conn, qdrant, config
+        self.model_key, self.model, self.collection = model_key, model, collection
+        self.dry_run, self.log = dry_run, logger
+        self.tables = {t.name: t for t in tables}
+        self.sources = {t.name: SourceTable.for_config(conn, config, t) for t in tables}
+        self.counter, self.exact_tokenizer = token_counter(model)
+        cap = input_limit(model)
+        self.cap = cap
+        self.chunkers = {
+            t.name: Chunker(t, lambda text, c=self.counter: c.count([text])[0], cap, model_key)
+            for t in tables
+        }
+        self.sparse = config.embeddings.sparse_settings(model_key)
+        self.report = AdoptionReport(
+            collection, model_key, dry_run, [TableAdoption(t.name) for t in tables]
+        )
+        self.stats = {t.table: t for t in self.report.tables}
+        self.held: dict[str, set[str]] = {t.name: set() for t in tables}
+        # Formula id -> (table, key text) of every row now: what traces 1 and 2 look up.
+        self.formulas: dict[str, tuple[str, str]] = {}
+        # Ids this run wrote: the scroll may reach them again (they sort anywhere).
+        self.written: set[str] = set()
+
+    def run(self, page: int) -> AdoptionReport:
+        started = time.perf_counter()
+        for source in self.sources.values():
+            source.check_triggers()
+        with self._locks():
+            for name, source in self.sources.items():
+                data_type = self.tables[name].data_type
+                for rows in source.scan():
+                    for row in rows:
+                        self.formulas[point_id(data_type, row.key, self.collection)] = (
+                            name,
+                            row.key,
+                        )
+            for points in self._pages(page):
+                self._adopt_page(points)
+            self._settle_marks()
+            self.report.idf = ensure_idf(self.qdrant, self.collection, dry_run=self.dry_run)
+            if not self.dry_run:
+                for name, table in self.tables.items():
+                    # The points written here are encoded already; points left in place were
+                    # written by syncs under the settings they recorded, which may be older.
+                    if encoding.needs_reencoding(self.qdrant, self.collection, name, self.sparse):
+                        self.report.sparse_reencoded += encoding.reencode(
+                            self.qdrant, self.collection, name, self.sparse
+                        )
+                    state = StoreState(
+                        self.conn, self.qdrant, self.config.tables.schema_, table, self.collection
+                    )
+                    if not state.matches():
+                        state.start()
+        self.report.seconds = time.perf_counter() - started
+        self._summarise()
+        return self.report
+
+    @contextlib.contextmanager
+    def _locks(self) -> Iterator[None]:
+        """Every table's collection lock, exclusively (a dry run takes none: it writes
+        nothing): no sync writes or marks while points move under it."""
+        with contextlib.ExitStack() as stack:
+            if not self.dry_run:
+                for name in sorted(self.tables):
+                    table = self.tables[name]
+                    stack.enter_context(
+                        collection_lock(
+                            self.conn,
+                            self.config.tables.schema_for(table),
+                            table,
+                            self.collection,
+                            self.log,
+                        )
+                    )
+            yield
+
+    def _pages(self, size: int) -> Iterator[list[models.Record]]:
+        offset = None
+        while True:
+            records, offset = self.qdrant.scroll(
+                self.collection, limit=size, offset=offset, with_payload=True, with_vectors=False
+            )
+            fresh = [r for r in records if str(r.id) not in self.written]
+            self.report.points_scanned += len(fresh)
+            if fresh:
+                yield fresh
+            if offset is None:
+                return
+
+    # -- tracing ---------------------------------------------------------------------------
+
+    def _trace(self, record: models.Record) -> tuple[str, str, int] | None:
+        """(table, key text, chunk) the point belongs to, proven by the formula."""
+        pid = str(record.id)
+        payload = record.payload or {}
+        stored = payload.get("content_hash")
+        for candidate in (pid, stored):
+            if isinstance(candidate, str) and candidate in self.formulas:
+                name, key = self.formulas[candidate]
+                return name, key, 0
+        meta = payload.get("meta_data")
+        meta = meta if isinstance(meta, dict) else {}
+        chunk = meta.get("chunk")
+        chunk = chunk if isinstance(chunk, int) and not isinstance(chunk, bool) else 0
+        for name, table in self.tables.items():
+            data_type = table.data_type
+            for key in self._keys_in(payload, meta, data_type):
+                if chunk > 0 and chunk_point_id(data_type, key, self.collection, chunk) == pid:
+                    return name, key, chunk
+                if point_id(data_type, key, self.collection) in (pid, stored):
+                    return name, key, 0
+        return None
+
+    @staticmethod
+    def _keys_in(payload: dict[str, Any], meta: dict[str, Any], data_type: str) -> Iterator[str]:
+        """Key texts a payload may name: our row_id, the scalars of `meta_data`, the tail of
+        a `{DATA_TYPE}_{key}` name."""
+        seen: set[str] = set()
+        values = [meta.get("row_id"), *meta.values()]
+        name = payload.get("name")
+        if isinstance(name, str) and name.startswith(f"{data_type}_"):
+            values.append(name[len(data_type) + 1 :])
+        for value in values:
+            key = key_text_of_row_id(value)
+            if key is not None and len(key) <= _MAX_KEY_CHARS and key not in seen:
+                seen.add(key)
+                yield key
+
+    # -- one page --------------------------------------------------------------------------
+
+    def _adopt_page(self, records: list[models.Record]) -> None:
+        by_row: dict[tuple[str, str], list[_Candidate]] = {}
+        doomed: list[str] = []
+        for record in records:
+            traced = self._trace(record)
+            pid = str(record.id)
+            if traced is None:
+                self.report.unattributed += 1
+                if len(self.report.unattributed_ids) < SAMPLE_IDS:
+                    self.report.unattributed_ids.append(pid)
+                continue
+            name, key, chunk = traced
+            target = point_id(self.tables[name].data_type, key, self.collection)
+            if target not in self.formulas:
+                doomed.append(pid)
+                self.stats[name].gone_deleted += 1
+            elif chunk > 0:
+                # A chunk of a row a sync wrote: the row's chunk 0 decides about it.
+                self.stats[name].points_in_place += 1
+            else:
+                by_row.setdefault((name, key), []).append(
+                    _Candidate(pid, record.payload or {}, pid == target)
+                )
+        self._add_targets(by_row)
+
+        writes: list[tuple[str, str, SourceRow, _Candidate]] = []  # table, target, row, kept
+        held: list[tuple[str, SourceRow]] = []
+        judged_by_sync: dict[str, list[SourceRow]] = {}
+        for name in self.tables:
+            keys = [key for (t, key) in by_row if t == name]
+            rows = self.sources[name].rows(keys)
+            table, stats = self.tables[name], self.stats[name]
+            for key in keys:
+                candidates = by_row[(name, key)]
+                row = rows.get(key)
+                if row is None:  # deleted since the formulas were read
+                    doomed += [c.id for c in candidates]
+                    stats.gone_deleted += len(candidates)
+                    continue
+                kept = self._keep(table, row, candidates)
+                extra = [c.id for c in candidates if c is not kept and not c.at_target]
+                doomed += extra
+                stats.duplicates_deleted += len(extra)
+                target = point_id(table.data_type, key, self.collection)
+                if kept.at_target and _is_ours(kept.payload, table, key):
+                    stats.points_in_place += 1
+                    judged_by_sync.setdefault(name, []).append(row)
+                    continue
+                writes.append((name, target, row, kept))
+                if kept.at_target:
+                    stats.payloads_rewritten += 1
+                else:
+                    stats.points_moved += 1
+                    doomed.append(kept.id)
+                if self._holds_whole(table, row, kept):
+                    held.append((name, row))
+                else:
+                    self._count_unheld(table, row, kept)
+
+        for name, rows in judged_by_sync.items():
+            held += [(name, row) for row in self._held_as_sync_judges(name, rows)]
+        if self.dry_run:
+            for name, row in held:
+                self.held[name].add(row.key)
+            return
+        self._write(writes)
+        failpoint("adopt_after_write")
+        delete_points(self.qdrant, self.collection, doomed)
+        failpoint("adopt_after_delete")
+        for name in self.tables:
+            rows = [row for t, row in held if t == name]
+            self.held[name].update(row.key for row in rows)
+            if rows:
+                self.stats[name].marks_added += self.sources[name].mark_embedded(
+                    self.collection, rows
+                )
+
+    def _add_targets(self, by_row: dict[tuple[str, str], list[_Candidate]]) -> None:
+        """Add the point already at each row's formula id when the page did not hold it."""
+        wanted: dict[str, tuple[str, str]] = {}
+        for (name, key), candidates in by_row.items():
+            if not any(c.at_target for c in candidates):
+                wanted[point_id(self.tables[name].data_type, key, self.collection)] = (name, key)
+        if not wanted:
+            return
+        for record in self.qdrant.retrieve(
+            self.collection, ids=list(wanted), with_payload=True, with_vectors=False
+        ):
+            by_row[wanted[str(record.id)]].append(
+                _Candidate(str(record.id), record.payload or {}, True)
+            )
+
+    def _keep(self, table: TableConfig, row: SourceRow, candidates: list[_Candidate]) -> _Candidate:
+        """The point that survives: one holding the row's current text, preferring the one at
+        the formula id; else the one at the formula id; else the first."""
+        text = table.render_text(row.values) if table.has_text(row.values) else None
+
+        def rank(c: _Candidate) -> tuple[bool, bool, bool]:
+            # A point a sync wrote at the formula id stands for the row's chunks, if any: it
+            # is judged as a sync judges it, never overwritten by an older copy.
+            ours = c.at_target and _is_ours(c.payload, table, row.key)
+            return (not ours, c.payload.get("content") != text, not c.at_target)
+
+        return min(candidates, key=rank)
+
+    def _holds_whole(self, table: TableConfig, row: SourceRow, kept: _Candidate) -> bool:
+        """Whether the kept point, holding one whole text, is what a sync would write now."""
+        if not table.has_text(row.values):
+            return False
+        chunks = self.chunkers[table.name].split(row.values)
+        return len(chunks) == 1 and kept.payload.get("content") == chunks[0]
+
+    def _count_unheld(self, table: TableConfig, row: SourceRow, kept: _Candidate) -> None:
+        stats = self.stats[table.name]
+        content = kept.payload.get("content")
+        if not table.has_text(row.values):
+            return
+        if content == table.render_text(row.values):
+            stats.chunked += 1
+            return
+        stats.stale += 1
+        if not table.null_as:
+            reference = table.model_copy(update={"null_as": REFERENCE_NULL})
+            if content == reference.render_text(row.values):
+                stats.null_as_reference += 1
+
+    def _held_as_sync_judges(self, name: str, rows: list[SourceRow]) -> list[SourceRow]:
+        """Rows whose points (in the product's layout) hold them as a sync would write them."""
+        table = self.tables[name]
+        stored = lookup_points(self.qdrant, table, self.collection, rows)
+        held = []
+        for row in rows:
+            before = stored.get(row.key)
+            if before is None or not table.has_text(row.values):
+                continue
+            chunks = self.chunkers[name].split(row.values)
+            text_hash = content_hash(table.render_text(row.values))
+            if holds(before, text_hash, len(chunks), chunk_layout(chunks)):
+                held.append(row)
+            elif before.text_hash == text_hash:
+                self.stats[name].chunked += 1  # split otherwise, or a chunk is missing
+            else:
+                self.stats[name].stale += 1
+        return held
+
+    def _write(self, writes: list[tuple[str, str, SourceRow, _Candidate]]) -> None:
+        """Write each kept point at its formula id: its own dense vector, a sparse vector
+        encoded from its content, the product's payload."""
+        if not writes:
+            return
+        vectors = {
+            str(record.id): record.vector
+            for record in self.qdrant.retrieve(
+                self.collection,
+                ids=[kept.id for _, _, _, kept in writes],
+                with_payload=False,
+                with_vectors=[DENSE],
+            )
+        }
+        contents = [_content(kept.payload) for _, _, _, kept in writes]
+        sparse = bm25(self.sparse).embed_documents(contents)
+        points = []
+        for (name, target, row, kept), text, encoded in zip(writes, contents, sparse, strict=True):
+            vector = vectors.get(kept.id)
+            dense = vector.get(DENSE) if isinstance(vector, dict) else None
+            if dense is None:
+                raise AdoptionError(
+                    f"point {kept.id} of collection {self.collection!r} has no {DENSE!r} vector"
+                )
+            points.append(
+                PointData(
+                    id=target,
+                    dense=dense,
+                    sparse=SparseVector(indices=encoded.indices, values=encoded.values),
+                    payload=_adopted_payload(self.tables[name], row, kept.payload, text),
+                )
+            )
+        upsert_points(self.qdrant, self.collection, points)
+        self.written.update(point.id for point in points)
+
+    # -- after every page ------------------------------------------------------------------
+
+    def _settle_marks(self) -> None:
+        """Remove the marks of rows no point holds; count what the next sync embeds."""
+        for name, source in self.sources.items():
+            table, stats, held = self.tables[name], self.stats[name], self.held[name]
+            stats.rows_held = len(held)
+            if not self.dry_run:
+                for rows in source.scan(marked_in=self.collection):
+                    stale = [row.key for row in rows if row.key not in held]
+                    if stale:
+                        stats.marks_removed += source.mark_pending(self.collection, stale)
+            counted = tokens = 0
+            for rows in source.scan(with_values=True):
+                for row in rows:
+                    if row.key in held:
+                        continue
+                    if not table.has_text(row.values):
+                        stats.no_text += 1
+                        continue
+                    stats.rows_to_embed += 1
+                    if counted < COUNT_SAMPLE:
+                        counted += 1
+                        tokens += row_chunks(
+                            self.counter, self.cap, self.chunkers[name], table, row.values
+                        )[2]
+            stats.without_point = stats.rows_to_embed - stats.stale - stats.chunked
+            scale = stats.rows_to_embed / counted if counted else 0
+            stats.tokens = round(tokens * scale)
+            stats.tokens_exact = self.exact_tokenizer and counted == stats.rows_to_embed
+            per_million = price(self.model)
+            stats.cost = None if per_million is None else stats.tokens * per_million / 1e6
+
+    def _summarise(self) -> None:
+        r = self.report
+        verb = "would" if r.dry_run else "did"
+        for t in r.tables:
+            self.log.info(
+                f"{t.table} in {r.collection}: {verb} move {t.points_moved} points, rewrite "
+                f"{t.payloads_rewritten} payloads, delete {t.duplicates_deleted} duplicates and "
+                f"{t.gone_deleted} points of gone rows; {t.points_in_place} in place; "
+                f"{t.rows_held} rows kept without embedding, {t.rows_to_embed} to embed"
+            )
+            if t.null_as_reference:
+                self.log.warning(
+                    f"{t.table}: {t.null_as_reference} of the {t.stale} rows whose point holds "
+                    "another text differ only in NULL printed as 'None' (the reference "
+                    f'design\'s f-strings); set `null_as: "None"` under tables.{t.table} in '
+                    "tables.yaml and adopt again to keep them without paying"
+                )
+        if r.unattributed:
+            self.log.warning(
+                f"{r.collection}: {r.unattributed} points trace to no row of "
+                f"{', '.join(self.tables)} and were left in place (e.g. "
+                f"{', '.join(r.unattributed_ids[:3])})"
+            )
+
+
+def _content(payload: dict[str, Any]) -> str:
+    content = payload.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def _is_ours(payload: dict[str, Any], table: TableConfig, key: str) -> bool:
+    """Whether a point at a row's formula id has the product's payload for that row."""
+    meta = payload.get("meta_data")
+    return (
+        isinstance(meta, dict)
+        and meta.get("table") == table.name
+        and key_text_of_row_id(meta.get("row_id")) == key
+        and isinstance(payload.get("content"), str)
+        and payload.get("content_hash") == content_hash(payload["content"])
+    )
+
+
+def _adopted_payload(
+    table: TableConfig, row: SourceRow, old: dict[str, Any], text: str
+) -> dict[str, Any]:
+    """The product's payload for `row` holding `text`, keeping what else the old one had."""
+    new = point_payload(**payload_args(table, row, text, truncated=False))
+    old_meta = old.get("meta_data") if isinstance(old.get("meta_data"), dict) else {}
+    merged = {**{k: v for k, v in old.items() if k not in new}, **new}
+    merged["meta_data"] = {**old_meta, **new["meta_data"]}
+    for kept in ("usage", "content_id"):  # Agno's Document fields; we write them as None
+        if old.get(kept) is not None:
+            merged[kept] = old[kept]
+    return merged
