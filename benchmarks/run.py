@@ -347,12 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             seconds=seconds,
             selected=selected,
         )
-        # The retrieval benchmark (benchmarks/retrieval.py) owns its own section: keep it.
-        from benchmarks.retrieval import MARK_END, MARK_START
+        # The retrieval and adoption benchmarks own their sections: keep them.
+        from benchmarks.common import kept_sections
 
         previous = Path(output).read_text() if Path(output).exists() else ""
-        if MARK_START in previous and MARK_END in previous:
-            kept = MARK_START + previous.split(MARK_START, 1)[1].split(MARK_END, 1)[0] + MARK_END
+        for kept in kept_sections(previous):
             text = text.rstrip("\n") + "\n\n" + kept + "\n"
         Path(output).write_text(text)
         print(f"wrote {output}")

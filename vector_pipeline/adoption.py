@@ -300,10 +300,15 @@ class _Adoption:
                 for name, table in self.tables.items():
                     # The points written here are encoded already; points left in place were
                     # written by syncs under the settings they recorded, which may be older.
-                    if encoding.needs_reencoding(self.qdrant, self.collection, name, self.sparse):
+                    stale = encoding.needs_reencoding(
+                        self.qdrant, self.collection, name, self.sparse
+                    )
+                    if stale and self.stats[name].points_in_place:
                         self.report.sparse_reencoded += encoding.reencode(
                             self.qdrant, self.collection, name, self.sparse
                         )
+                    elif stale:  # every point of the table was written by this run
+                        encoding.record(self.qdrant, self.collection, name, self.sparse)
                     state = StoreState(
                         self.conn, self.qdrant, self.config.tables.schema_, table, self.collection
                     )

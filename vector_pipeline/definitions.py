@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.orchestration.adoption_job import adoption_job
 from vector_pipeline.orchestration.assets import sync_job, table_assets
 from vector_pipeline.orchestration.checks import reconciliation_checks
 from vector_pipeline.orchestration.executors import build_executor
@@ -33,7 +34,7 @@ def build_definitions(
     return dg.Definitions(
         assets=table_assets(config),
         asset_checks=reconciliation_checks(config),
-        jobs=[job],
+        jobs=[job, adoption_job],
         executor=build_executor(config.orchestration.scale_out),
         schedules=[incremental_sync_schedule(config, job)],
         sensors=[

@@ -169,8 +169,8 @@ def reference_worker(
     _close(store)
 
 
-def _points(qdrant: QdrantClient) -> list[models.Record]:
-    points, _ = qdrant.scroll(COLLECTION, limit=100_000, with_payload=True)
+def _points(qdrant: QdrantClient, collection: str = COLLECTION) -> list[models.Record]:
+    points, _ = qdrant.scroll(collection, limit=100_000, with_payload=True)
     return points
 
 
@@ -465,3 +465,42 @@ def test_sigkill_during_adoption_then_a_rerun_leaves_it_exact(
     with open_qdrant(QdrantLocation(path=qdrant_path)) as qdrant:
         _assert_exact(qdrant, conn, schema, "None")
         assert sync_model(config, conn, qdrant).embedded == 0
+
+
+def test_an_operator_adopts_from_dagster_after_a_dry_run(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    database_url: str,
+    qdrant_path: str,
+) -> None:
+    import dagster as dg
+
+    from vector_pipeline.definitions import build_definitions
+    from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
+
+    collection = "test_det-a_hybrid"
+    _formula_collection(qdrant, collection, "formula")
+    defs = build_definitions(
+        project,
+        postgres=PostgresResource(database_url=database_url),
+        qdrant=QdrantResource(path=qdrant_path),
+    )
+    job = defs.resolve_job_def("adopt_collection")
+
+    def launch(**config: Any) -> dict[str, Any]:
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(
+                run_config={"ops": {"adopt": {"config": config}}}, instance=instance
+            )
+        assert result.success
+        (output,) = result.output_for_node("adopt")
+        return output
+
+    dry = launch()  # the launchpad's default is a dry run
+    assert dry["dry_run"] and dry["tables"][0]["payloads_rewritten"] == 40
+    assert all(p.payload["meta_data"] == {} for p in _points(qdrant, collection))  # untouched
+    done = launch(dry_run=False)
+    assert (done["points_written"], done["tables"][0]["rows_held"]) == (40, 40)
+    check = reconcile(conn, qdrant, project.tables.tables[0], project.tables.schema_, collection)
+    assert check.ok and check.points == 40, check.to_dict()
