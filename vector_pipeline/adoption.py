@@ -81,6 +81,7 @@ from vector_pipeline.vector_store import (
     SPARSE,
     PointData,
     delete_points,
+    layout_problem,
     upsert_points,
 )
 
@@ -183,24 +184,12 @@ def _check_layout(qdrant: QdrantClient, collection: str, model: EmbeddingModel, 
             f"Qdrant has no collection {collection!r} to adopt (model {key!r}); check "
             "collection_base in tables.yaml and the model's id in embeddings.yaml"
         )
-    params = qdrant.get_collection(collection).config.params
-    vectors = params.vectors if isinstance(params.vectors, dict) else {}
-    sparse = params.sparse_vectors or {}
-    if DENSE not in vectors or SPARSE not in sparse:
+    problem = layout_problem(qdrant, collection, model.dimensions)
+    if problem is not None:
         raise AdoptionError(
-            f"collection {collection!r} lacks the named vectors {DENSE!r} and {SPARSE!r} of a "
-            "hybrid collection (Agno's `search_type=hybrid`); only those can be adopted "
-            "without embedding again"
-        )
-    if vectors[DENSE].size != model.dimensions:
-        raise AdoptionError(
-            f"collection {collection!r} holds {vectors[DENSE].size}-dimensional vectors but "
-            f"model {key!r} has {model.dimensions}; adopt it with the model that wrote it"
-        )
-    if vectors[DENSE].distance != models.Distance.COSINE:
-        raise AdoptionError(
-            f"collection {collection!r} compares dense vectors by {vectors[DENSE].distance}, "
-            "not cosine as this pipeline's collections do; it cannot be adopted"
+            f"collection {collection!r} {problem} (model {key!r}); only a hybrid collection "
+            "(Agno's `search_type=hybrid`) of the model that wrote it can be adopted without "
+            "embedding again"
         )
 
 

@@ -9,7 +9,7 @@ that lands while the row is being embedded leaves the row pending instead of mar
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -223,32 +223,8 @@ class SourceTable:
             "claim": self.claims.insert(collection, sql.Identifier("picked"), key_text),
             "mine": sql.Identifier(MINE),
         }
-        # Two statements rather than `(after IS NULL OR key > after)`, which a generic plan
-        # could not turn into an index range.
-        query = sql.SQL(template % "").format(**parts)
-        next_query = sql.SQL(template % "AND {after}").format(
-            **parts, after=self.key.after("t", sql.SQL("%(after)s::text"))
-        )
-        params: dict[str, Any] = {"limit": batch_size}
-        while True:
-            with self.conn.cursor(row_factory=dict_row) as cursor:
-                records = cursor.execute(query, params).fetchall()
-            if not records:
-                return
-            batch = []
-            for record in records:
-                # A row another worker claimed in the same instant is that worker's to embed.
-                mine = record.pop(MINE)
-                key = record.pop(KEY_TEXT)
-                version = record.pop(VERSION)
-                if mine:
-                    batch.append(SourceRow(key, version, record, self.key.row_id(key)))
-            if batch:
-                yield batch
-            if len(records) < batch_size:
-                return
-            query = next_query
-            params = {**params, "after": key}
+        # A row another worker claimed in the same instant is that worker's to embed.
+        yield from self._keyset_pages(template, parts, batch_size, keep=lambda r: r.pop(MINE))
 
     def scan(
         self, *, marked_in: str | None = None, with_values: bool = False, page: int = SCAN_PAGE
@@ -279,11 +255,26 @@ class SourceTable:
             else sql.SQL("true"),
             "order": self.key.columns_of("t"),
         }
+        yield from self._keyset_pages(template, parts, page)
+
+    def _keyset_pages(
+        self,
+        template: str,
+        parts: dict[str, sql.Composable],
+        limit: int,
+        keep: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> Iterator[list[SourceRow]]:
+        """Run `template` a page at a time in key order: its `%s` takes the keyset condition,
+        `%%(limit)s` the page size, and each row carries its key text and version under
+        KEY_TEXT and VERSION. Yields the rows `keep` keeps (it sees each record first), as
+        SourceRows; a page it keeps none of is not yielded."""
+        # Two statements rather than `(after IS NULL OR key > after)`, which a generic plan
+        # could not turn into an index range.
         query = sql.SQL(template % "").format(**parts)
         next_query = sql.SQL(template % "AND {after}").format(
             **parts, after=self.key.after("t", sql.SQL("%(after)s::text"))
         )
-        params: dict[str, Any] = {"limit": page}
+        params: dict[str, Any] = {"limit": limit}
         while True:
             with self.conn.cursor(row_factory=dict_row) as cursor:
                 records = cursor.execute(query, params).fetchall()
@@ -291,14 +282,17 @@ class SourceTable:
                 return
             batch = []
             for record in records:
+                kept = keep(record) if keep else True
                 key = record.pop(KEY_TEXT)
                 version = record.pop(VERSION)
-                batch.append(SourceRow(key, version, record, self.key.row_id(key)))
-            yield batch
-            if len(records) < page:
+                if kept:
+                    batch.append(SourceRow(key, version, record, self.key.row_id(key)))
+            if batch:
+                yield batch
+            if len(records) < limit:
                 return
             query = next_query
-            params = {**params, "after": batch[-1].key}
+            params = {**params, "after": key}
 
     def rows(self, keys: Sequence[str]) -> dict[str, SourceRow]:
         """The rows with exactly these key texts (gone ones are left out), with their text,

@@ -481,7 +481,7 @@ def refuse_foreign_points(qdrant: QdrantClient, collection: str, table: TableCon
         raise ForeignPointsError(
             f"{table.name}: collection {collection} holds points another writer made (e.g. "
             f"{found}, without meta_data.table); run `vector-pipeline adopt` to take them over "
-            "without embedding again (see README, Adopting a collection)"
+            "without embedding again (README: Switching from the reference design)"
         )
 
 

@@ -106,30 +106,41 @@ def open_qdrant(location: QdrantLocation, *, wait: bool = True) -> Iterator[Qdra
                 shared.lock_file.close()  # releases the flock
 
 
+def layout_problem(client: QdrantClient, name: str, dimensions: int) -> str | None:
+    """Why the existing collection `name` cannot hold this pipeline's points for a model of
+    `dimensions` (a phrase that follows the collection's name), or None when it can."""
+    params = client.get_collection(name).config.params
+    vectors = params.vectors if isinstance(params.vectors, dict) else {}
+    sparse = params.sparse_vectors or {}
+    if DENSE not in vectors or SPARSE not in sparse:
+        return f"lacks the named vectors {DENSE!r} and {SPARSE!r} of a hybrid collection"
+    if vectors[DENSE].size != dimensions:
+        return (
+            f"holds {vectors[DENSE].size}-dimensional vectors, but the model is configured "
+            f"for {dimensions}"
+        )
+    if vectors[DENSE].distance != models.Distance.COSINE:
+        return f"compares dense vectors by {vectors[DENSE].distance}, not cosine"
+    return None
+
+
 def ensure_collection(client: QdrantClient, name: str, dimensions: int) -> bool:
     """Create `name` with the hybrid layout, or check an existing one fits; True if created."""
     if client.collection_exists(name):
-        params = client.get_collection(name).config.params
-        vectors = params.vectors if isinstance(params.vectors, dict) else {}
-        sparse = params.sparse_vectors or {}
-        if DENSE not in vectors or SPARSE not in sparse:
+        problem = layout_problem(client, name, dimensions)
+        if problem is not None:
             raise CollectionMismatchError(
-                f"Qdrant collection {name!r} exists but lacks the named vectors "
-                f"{DENSE!r} and {SPARSE!r}; it was not written by this pipeline. Rename "
-                "collection_base in config/tables.yaml or delete the collection."
+                f"Qdrant collection {name!r} {problem}; it was not written for this model. "
+                "Fix `dimensions` in config/embeddings.yaml, give the model a new id (a "
+                "collection of its own), or rename collection_base in config/tables.yaml."
             )
+        sparse = client.get_collection(name).config.params.sparse_vectors or {}
         if sparse[SPARSE].modifier != models.Modifier.IDF:
             # Agno creates hybrid collections so; BM25 scores without IDF rank unlike ours.
             raise CollectionMismatchError(
                 f"Qdrant collection {name!r} has a sparse vector without the IDF modifier, as "
                 "Agno's Qdrant store creates it; take the collection over with "
-                "`vector-pipeline adopt` (see README, Adopting a collection)"
-            )
-        if vectors[DENSE].size != dimensions:
-            raise CollectionMismatchError(
-                f"Qdrant collection {name!r} holds {vectors[DENSE].size}-dimensional vectors, "
-                f"but the model is configured for {dimensions}. Fix `dimensions` in "
-                "config/embeddings.yaml, or give the model a new id so it gets its own collection."
+                "`vector-pipeline adopt` (README: Switching from the reference design)"
             )
         return False
     client.create_collection(
