@@ -71,6 +71,7 @@ from vector_pipeline.points import (
     key_text_of_row_id,
     point_id,
     point_payload,
+    row_hash,
 )
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import SparseVector
@@ -117,6 +118,7 @@ class TableAdoption:
     stale: int = 0  # of those, rows whose point holds another text (edited since)
     chunked: int = 0  # rows whose point holds their text whole, which the sync would split
     without_point: int = 0  # rows with no point at all
+    no_vector: int = 0  # rows whose point had no dense vector to move (it is deleted)
     no_text: int = 0  # rows with no text (skipped by syncs, never sent)
     # Of the stale rows, those whose point holds the text NULL rendered as "None" gives.
     null_as_reference: int = 0
@@ -134,6 +136,7 @@ class AdoptionReport:
     points_scanned: int = 0
     unattributed: int = 0  # points traced to no configured table's row: left in place
     unattributed_ids: list[str] = field(default_factory=list)
+    other_tables: int = 0  # points of configured tables not being adopted: left as they are
     idf: str = ""  # the sparse vector's IDF modifier: "present", "set", or "missing" (dry run)
     sparse_reencoded: int = 0
     seconds: float = 0.0
@@ -232,6 +235,23 @@ class _Candidate:
     at_target: bool
 
 
+@dataclass(frozen=True)
+class _Traced:
+    """What a point was traced to: a row of `table` with key text `key` (`claimed`: a key as
+    another writer printed it, to be looked up by value), and which chunk it is."""
+
+    table: str
+    key: str
+    chunk: int = 0
+    claimed: bool = False
+
+
+# What became of a row whose point adoption judged (the report counts these at the end, so a
+# row whose copies were spread over several pages is counted once).
+HELD, STALE, STALE_NULL, CHUNKED, NO_VECTOR = "held", "stale", "stale_null", "chunked", "no_vector"
+MOVED, REWRITTEN, IN_PLACE = "moved", "rewritten", "in_place"
+
+
 class _Adoption:
     def __init__(
         self,
@@ -249,7 +269,16 @@ class _Adoption:
         self.model_key, self.model, self.collection = model_key, model, collection
         self.dry_run, self.log = dry_run, logger
         self.tables = {t.name: t for t in tables}
-        self.sources = {t.name: SourceTable.for_config(conn, config, t) for t in tables}
+        # Every configured table writing to this collection: their points are traced too, so
+        # adopting one table never takes another's points for unknown ones.
+        self.sharing = {
+            t.name: t
+            for t in config.tables.tables
+            if config.collection_for(t, model_key) == collection
+        }
+        self.sources = {
+            name: SourceTable.for_config(conn, config, t) for name, t in self.sharing.items()
+        }
         self.counter, self.exact_tokenizer = token_counter(model)
         cap = input_limit(model)
         self.cap = cap
@@ -262,19 +291,25 @@ class _Adoption:
             collection, model_key, dry_run, [TableAdoption(t.name) for t in tables]
         )
         self.stats = {t.table: t for t in self.report.tables}
-        self.held: dict[str, set[str]] = {t.name: set() for t in tables}
         # Formula id -> (table, key text) of every row now: what traces 1 and 2 look up.
         self.formulas: dict[str, tuple[str, str]] = {}
         # Ids this run wrote: the scroll may reach them again (they sort anywhere).
         self.written: set[str] = set()
+        # Per row judged: what became of it (HELD, STALE, ...) and of its point (MOVED, ...).
+        self.outcome: dict[tuple[str, str], str] = {}
+        self.action: dict[tuple[str, str], str] = {}
+        # A dry run writes nothing, so what it would have put at a formula id stands in for
+        # it when a later page holds another copy of the same row.
+        self.placed: dict[str, _Candidate] = {}
+        self.tenant_points = 0  # points carrying a non-null Agno `user_id`
 
     def run(self, page: int) -> AdoptionReport:
         started = time.perf_counter()
-        for source in self.sources.values():
-            source.check_triggers()
+        for name in self.tables:
+            self.sources[name].check_triggers()
         with self._locks():
             for name, source in self.sources.items():
-                data_type = self.tables[name].data_type
+                data_type = self.sharing[name].data_type
                 for rows in source.scan():
                     for row in rows:
                         self.formulas[point_id(data_type, row.key, self.collection)] = (
@@ -341,26 +376,26 @@ class _Adoption:
 
     # -- tracing ---------------------------------------------------------------------------
 
-    def _trace(self, record: models.Record) -> tuple[str, str, int] | None:
-        """(table, key text, chunk) the point belongs to, proven by the formula."""
+    def _trace(self, record: models.Record) -> _Traced | None:
+        """The row the point belongs to, proven by the formula (see the module docstring)."""
         pid = str(record.id)
         payload = record.payload or {}
         stored = payload.get("content_hash")
         for candidate in (pid, stored):
             if isinstance(candidate, str) and candidate in self.formulas:
-                name, key = self.formulas[candidate]
-                return name, key, 0
+                return _Traced(*self.formulas[candidate])
         meta = payload.get("meta_data")
         meta = meta if isinstance(meta, dict) else {}
         chunk = meta.get("chunk")
         chunk = chunk if isinstance(chunk, int) and not isinstance(chunk, bool) else 0
-        for name, table in self.tables.items():
+        for name, table in self.sharing.items():
             data_type = table.data_type
             for key in self._keys_in(payload, meta, data_type):
                 if chunk > 0 and chunk_point_id(data_type, key, self.collection, chunk) == pid:
-                    return name, key, chunk
+                    # Our own chunk: its key text is ours, so a row without it is gone.
+                    return _Traced(name, key, chunk)
                 if point_id(data_type, key, self.collection) in (pid, stored):
-                    return name, key, 0
+                    return _Traced(name, key, claimed=True)
         return None
 
     @staticmethod
@@ -378,35 +413,67 @@ class _Adoption:
                 seen.add(key)
                 yield key
 
+    def _resolve_claims(
+        self, traced: list[tuple[models.Record, _Traced | None]]
+    ) -> list[tuple[models.Record, _Traced | None]]:
+        """Keys as another writer printed them, looked up by value: the row they name, with
+        its key text as this pipeline prints it; a key no row has now marks its row gone; a
+        text that is no value of the key's type (a Python tuple for a composite key) proves
+        nothing, so its point is left unattributed."""
+        claims: dict[str, set[str]] = {}
+        for _, found in traced:
+            if found is not None and found.claimed:
+                claims.setdefault(found.table, set()).add(found.key)
+        resolved = {
+            name: self.sources[name].keys_equal_to(sorted(keys)) for name, keys in claims.items()
+        }
+        result = []
+        for record, found in traced:
+            if found is not None and found.claimed:
+                texts = resolved[found.table]
+                if found.key not in texts:
+                    found = None
+                elif texts[found.key] is None:
+                    found = _Traced(found.table, found.key, claimed=True)  # gone
+                else:
+                    found = _Traced(found.table, texts[found.key])
+            result.append((record, found))
+        return result
+
     # -- one page --------------------------------------------------------------------------
 
     def _adopt_page(self, records: list[models.Record]) -> None:
         by_row: dict[tuple[str, str], list[_Candidate]] = {}
         doomed: list[str] = []
-        for record in records:
-            traced = self._trace(record)
+        traced = self._resolve_claims([(record, self._trace(record)) for record in records])
+        for record, found in traced:
             pid = str(record.id)
-            if traced is None:
+            if found is None:
                 self.report.unattributed += 1
                 if len(self.report.unattributed_ids) < SAMPLE_IDS:
                     self.report.unattributed_ids.append(pid)
                 continue
-            name, key, chunk = traced
-            target = point_id(self.tables[name].data_type, key, self.collection)
-            if target not in self.formulas:
+            if found.table not in self.tables:
+                self.report.other_tables += 1  # another table's: its own adoption's business
+                continue
+            stats = self.stats[found.table]
+            target = point_id(self.tables[found.table].data_type, found.key, self.collection)
+            if found.claimed or target not in self.formulas:
                 doomed.append(pid)
-                self.stats[name].gone_deleted += 1
-            elif chunk > 0:
+                stats.gone_deleted += 1
+            elif found.chunk > 0:
                 # A chunk of a row a sync wrote: the row's chunk 0 decides about it.
-                self.stats[name].points_in_place += 1
+                stats.points_in_place += 1
             else:
-                by_row.setdefault((name, key), []).append(
-                    _Candidate(pid, record.payload or {}, pid == target)
+                payload = record.payload or {}
+                if payload.get("user_id") is not None:
+                    self.tenant_points += 1
+                by_row.setdefault((found.table, found.key), []).append(
+                    _Candidate(pid, payload, pid == target)
                 )
         self._add_targets(by_row)
 
         writes: list[tuple[str, str, SourceRow, _Candidate]] = []  # table, target, row, kept
-        held: list[tuple[str, SourceRow]] = []
         judged_by_sync: dict[str, list[SourceRow]] = {}
         for name in self.tables:
             keys = [key for (t, key) in by_row if t == name]
@@ -420,38 +487,38 @@ class _Adoption:
                     stats.gone_deleted += len(candidates)
                     continue
                 kept = self._keep(table, row, candidates)
-                extra = [c.id for c in candidates if c is not kept and not c.at_target]
-                doomed += extra
-                stats.duplicates_deleted += len(extra)
+                # Every other copy goes: deleted, or overwritten at the formula id.
+                doomed += [c.id for c in candidates if c is not kept and not c.at_target]
+                stats.duplicates_deleted += len(candidates) - 1
                 target = point_id(table.data_type, key, self.collection)
                 if kept.at_target and _is_ours(kept.payload, table, key):
-                    stats.points_in_place += 1
+                    self.action.setdefault((name, key), IN_PLACE)
                     judged_by_sync.setdefault(name, []).append(row)
                     continue
                 writes.append((name, target, row, kept))
-                if kept.at_target:
-                    stats.payloads_rewritten += 1
-                else:
-                    stats.points_moved += 1
+                self.action[(name, key)] = REWRITTEN if kept.at_target else MOVED
+                if not kept.at_target:
                     doomed.append(kept.id)
-                if self._holds_whole(table, row, kept):
-                    held.append((name, row))
-                else:
-                    self._count_unheld(table, row, kept)
+                self.outcome[(name, key)] = self._judge(table, row, kept)
 
         for name, rows in judged_by_sync.items():
-            held += [(name, row) for row in self._held_as_sync_judges(name, rows)]
+            self._judge_as_sync(name, rows)
+        doomed += self._write(writes)
+        held = [
+            (name, row) for name, _, row, _ in writes if self.outcome[(name, row.key)] == HELD
+        ] + [
+            (name, row)
+            for name, rows in judged_by_sync.items()
+            for row in rows
+            if self.outcome[(name, row.key)] == HELD
+        ]
         if self.dry_run:
-            for name, row in held:
-                self.held[name].add(row.key)
             return
-        self._write(writes)
         failpoint("adopt_after_write")
         delete_points(self.qdrant, self.collection, doomed)
         failpoint("adopt_after_delete")
         for name in self.tables:
             rows = [row for t, row in held if t == name]
-            self.held[name].update(row.key for row in rows)
             if rows:
                 self.stats[name].marks_added += self.sources[name].mark_embedded(
                     self.collection, rows
@@ -462,7 +529,11 @@ class _Adoption:
         wanted: dict[str, tuple[str, str]] = {}
         for (name, key), candidates in by_row.items():
             if not any(c.at_target for c in candidates):
-                wanted[point_id(self.tables[name].data_type, key, self.collection)] = (name, key)
+                target = point_id(self.tables[name].data_type, key, self.collection)
+                if target in self.placed:
+                    candidates.append(self.placed[target])
+                else:
+                    wanted[target] = (name, key)
         if not wanted:
             return
         for record in self.qdrant.retrieve(
@@ -473,63 +544,62 @@ class _Adoption:
             )
 
     def _keep(self, table: TableConfig, row: SourceRow, candidates: list[_Candidate]) -> _Candidate:
-        """The point that survives: one holding the row's current text, preferring the one at
-        the formula id; else the one at the formula id; else the first."""
-        text = table.render_text(row.values) if table.has_text(row.values) else None
+        """The copy that survives: one holding the row's current text, preferring one a sync
+        wrote at the formula id (it stands for the row's chunks, if any), then the one at the
+        formula id; else the same without the text."""
+        text_hash = (
+            content_hash(table.render_text(row.values)) if table.has_text(row.values) else None
+        )
 
         def rank(c: _Candidate) -> tuple[bool, bool, bool]:
-            # A point a sync wrote at the formula id stands for the row's chunks, if any: it
-            # is judged as a sync judges it, never overwritten by an older copy.
             ours = c.at_target and _is_ours(c.payload, table, row.key)
-            return (not ours, c.payload.get("content") != text, not c.at_target)
+            current = (row_hash(c.payload) if ours else _content_hash(c.payload)) == text_hash
+            return (not current, not ours, not c.at_target)
 
         return min(candidates, key=rank)
 
-    def _holds_whole(self, table: TableConfig, row: SourceRow, kept: _Candidate) -> bool:
-        """Whether the kept point, holding one whole text, is what a sync would write now."""
-        if not table.has_text(row.values):
-            return False
-        chunks = self.chunkers[table.name].split(row.values)
-        return len(chunks) == 1 and kept.payload.get("content") == chunks[0]
-
-    def _count_unheld(self, table: TableConfig, row: SourceRow, kept: _Candidate) -> None:
-        stats = self.stats[table.name]
+    def _judge(self, table: TableConfig, row: SourceRow, kept: _Candidate) -> str:
+        """What becomes of a row whose kept point holds one whole text: HELD when that is
+        what a sync would write now, else why it is embedded again."""
         content = kept.payload.get("content")
         if not table.has_text(row.values):
-            return
+            return STALE
+        chunks = self.chunkers[table.name].split(row.values)
+        if len(chunks) == 1 and content == chunks[0]:
+            return HELD
         if content == table.render_text(row.values):
-            stats.chunked += 1
-            return
-        stats.stale += 1
+            return CHUNKED
         if not table.null_as:
             reference = table.model_copy(update={"null_as": REFERENCE_NULL})
             if content == reference.render_text(row.values):
-                stats.null_as_reference += 1
+                return STALE_NULL
+        return STALE
 
-    def _held_as_sync_judges(self, name: str, rows: list[SourceRow]) -> list[SourceRow]:
-        """Rows whose points (in the product's layout) hold them as a sync would write them."""
+    def _judge_as_sync(self, name: str, rows: list[SourceRow]) -> None:
+        """Judge rows whose points a sync wrote (the product's layout), as a sync would."""
         table = self.tables[name]
         stored = lookup_points(self.qdrant, table, self.collection, rows)
-        held = []
         for row in rows:
             before = stored.get(row.key)
             if before is None or not table.has_text(row.values):
+                self.outcome[(name, row.key)] = STALE
                 continue
             chunks = self.chunkers[name].split(row.values)
             text_hash = content_hash(table.render_text(row.values))
             if holds(before, text_hash, len(chunks), chunk_layout(chunks)):
-                held.append(row)
+                self.outcome[(name, row.key)] = HELD
             elif before.text_hash == text_hash:
-                self.stats[name].chunked += 1  # split otherwise, or a chunk is missing
+                self.outcome[(name, row.key)] = CHUNKED  # split otherwise, or a chunk missing
             else:
-                self.stats[name].stale += 1
-        return held
+                self.outcome[(name, row.key)] = STALE
 
-    def _write(self, writes: list[tuple[str, str, SourceRow, _Candidate]]) -> None:
+    def _write(self, writes: list[tuple[str, str, SourceRow, _Candidate]]) -> list[str]:
         """Write each kept point at its formula id: its own dense vector, a sparse vector
-        encoded from its content, the product's payload."""
+        encoded from its content, the product's payload. A point without a dense vector cannot
+        be moved without embedding: its id is returned for deletion and its row left pending.
+        A dry run reads the vectors and writes nothing."""
         if not writes:
-            return
+            return []
         vectors = {
             str(record.id): record.vector
             for record in self.qdrant.retrieve(
@@ -539,39 +609,66 @@ class _Adoption:
                 with_vectors=[DENSE],
             )
         }
-        contents = [_content(kept.payload) for _, _, _, kept in writes]
-        sparse = bm25(self.sparse).embed_documents(contents)
-        points = []
-        for (name, target, row, kept), text, encoded in zip(writes, contents, sparse, strict=True):
+        unusable: list[str] = []
+        movable = []
+        for write in writes:
+            name, _, row, kept = write
             vector = vectors.get(kept.id)
-            dense = vector.get(DENSE) if isinstance(vector, dict) else None
-            if dense is None:
-                raise AdoptionError(
-                    f"point {kept.id} of collection {self.collection!r} has no {DENSE!r} vector"
-                )
+            if isinstance(vector, dict) and vector.get(DENSE) is not None:
+                movable.append(write)
+            else:
+                unusable.append(kept.id)
+                self.outcome[(name, row.key)] = NO_VECTOR
+        contents = [_content(kept.payload) for _, _, _, kept in movable]
+        sparse = bm25(self.sparse).embed_documents(contents) if not self.dry_run else []
+        points = []
+        for index, (name, target, row, kept) in enumerate(movable):
+            text = contents[index]
+            payload = _adopted_payload(self.tables[name], row, kept.payload, text)
+            payload["meta_data"]["truncated"] = self._truncated(self.tables[name], text)
+            if self.dry_run:
+                self.placed[target] = _Candidate(target, payload, True)
+                continue
+            encoded = sparse[index]
             points.append(
                 PointData(
                     id=target,
-                    dense=dense,
+                    dense=vectors[kept.id][DENSE],  # type: ignore[index]
                     sparse=SparseVector(indices=encoded.indices, values=encoded.values),
-                    payload=_adopted_payload(self.tables[name], row, kept.payload, text),
+                    payload=payload,
                 )
             )
         upsert_points(self.qdrant, self.collection, points)
         self.written.update(point.id for point in points)
+        return unusable
+
+    def _truncated(self, table: TableConfig, text: str) -> bool:
+        """Whether the model reads only part of `text` (a table whose chunking is off, as
+        the sync flags it); with chunking on, a text that long is never held."""
+        chunker = self.chunkers[table.name]
+        return bool(not chunker.enabled and self.cap and self.counter.count([text])[0] > self.cap)
 
     # -- after every page ------------------------------------------------------------------
 
     def _settle_marks(self) -> None:
         """Remove the marks of rows no point holds; count what the next sync embeds."""
-        for name, source in self.sources.items():
-            table, stats, held = self.tables[name], self.stats[name], self.held[name]
+        for name in self.tables:
+            source, table, stats = self.sources[name], self.tables[name], self.stats[name]
+            held = {key for (t, key), what in self.outcome.items() if t == name and what == HELD}
             stats.rows_held = len(held)
+            for (t, _), what in self.action.items():
+                if t == name:
+                    if what == MOVED:
+                        stats.points_moved += 1
+                    elif what == REWRITTEN:
+                        stats.payloads_rewritten += 1
+                    else:
+                        stats.points_in_place += 1
             if not self.dry_run:
                 for rows in source.scan(marked_in=self.collection):
-                    stale = [row.key for row in rows if row.key not in held]
-                    if stale:
-                        stats.marks_removed += source.mark_pending(self.collection, stale)
+                    unheld = [row.key for row in rows if row.key not in held]
+                    if unheld:
+                        stats.marks_removed += source.mark_pending(self.collection, unheld)
             counted = tokens = 0
             for rows in source.scan(with_values=True):
                 for row in rows:
@@ -581,12 +678,21 @@ class _Adoption:
                         stats.no_text += 1
                         continue
                     stats.rows_to_embed += 1
+                    what = self.outcome.get((name, row.key))
+                    if what in (STALE, STALE_NULL):
+                        stats.stale += 1
+                        stats.null_as_reference += what == STALE_NULL
+                    elif what == CHUNKED:
+                        stats.chunked += 1
+                    elif what == NO_VECTOR:
+                        stats.no_vector += 1
+                    else:
+                        stats.without_point += 1
                     if counted < COUNT_SAMPLE:
                         counted += 1
                         tokens += row_chunks(
                             self.counter, self.cap, self.chunkers[name], table, row.values
                         )[2]
-            stats.without_point = stats.rows_to_embed - stats.stale - stats.chunked
             scale = stats.rows_to_embed / counted if counted else 0
             stats.tokens = round(tokens * scale)
             stats.tokens_exact = self.exact_tokenizer and counted == stats.rows_to_embed
@@ -608,19 +714,36 @@ class _Adoption:
                     f"{t.table}: {t.null_as_reference} of the {t.stale} rows whose point holds "
                     "another text differ only in NULL printed as 'None' (the reference "
                     f'design\'s f-strings); set `null_as: "None"` under tables.{t.table} in '
-                    "tables.yaml and adopt again to keep them without paying"
+                    "tables.yaml and adopt again (before syncing) to keep them without paying"
+                )
+            if t.no_vector:
+                self.log.warning(
+                    f"{t.table}: {t.no_vector} points have no {DENSE!r} vector to move; they "
+                    f"{'would be' if r.dry_run else 'were'} deleted and their rows embedded again"
                 )
         if r.unattributed:
             self.log.warning(
                 f"{r.collection}: {r.unattributed} points trace to no row of "
-                f"{', '.join(self.tables)} and were left in place (e.g. "
+                f"{', '.join(self.sharing)} and were left in place (e.g. "
                 f"{', '.join(r.unattributed_ids[:3])})"
+            )
+        if self.tenant_points:
+            self.log.warning(
+                f"{r.collection}: {self.tenant_points} points carry an Agno user_id (tenant); "
+                "adoption keeps it, but a row whose text changes is written again without it, "
+                "which Agno's scoped readers treat as shared"
             )
 
 
 def _content(payload: dict[str, Any]) -> str:
     content = payload.get("content")
     return content if isinstance(content, str) else ""
+
+
+def _content_hash(payload: dict[str, Any]) -> str | None:
+    """md5 of the whole text a point of another writer holds (None: no text)."""
+    content = payload.get("content")
+    return content_hash(content) if isinstance(content, str) else None
 
 
 def _is_ours(payload: dict[str, Any], table: TableConfig, key: str) -> bool:

@@ -45,8 +45,13 @@ from vector_pipeline.reconcile import repair as repair_collection
 from vector_pipeline.sessions import FAILED, SessionStore
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline.status import sync_status
-from vector_pipeline.sync import DEFAULT_BATCH_SIZE, ForeignPointsError, sync_configured_table
-from vector_pipeline.vector_store import CollectionMismatchError, QdrantBusyError, open_qdrant
+from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
+from vector_pipeline.vector_store import (
+    CollectionMismatchError,
+    ForeignPointsError,
+    QdrantBusyError,
+    open_qdrant,
+)
 
 DEMO_QUERY = "how do I grow tomatoes in a small garden"
 # What `demo` seeds: enough rows of every kind (long, Arabic, Persian, blank) to show the

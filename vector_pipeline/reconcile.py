@@ -64,6 +64,8 @@ from vector_pipeline.points import (
     stored_rows,
 )
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import StoreState
+from vector_pipeline.vector_store import refuse_foreign_points
 
 SAMPLE_LIMIT = 1000  # keys kept per kind in a report; the counts are always exact
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
@@ -169,6 +171,10 @@ def repair(
             f"the report is for {report.table} in {report.collection}, "
             f"not {table.name} in {collection}"
         )
+    if StoreState(conn, None, state_schema or schema, table, collection).recorded() is None:
+        # Never synced into: points another writer left (the reference design's) are not
+        # missing rows' points; adopting them keeps the rows, repairing would pay for them.
+        refuse_foreign_points(qdrant, collection, table.name)
     source = SourceTable(conn, schema, table, state_schema)
     rescanned = not report.complete
     if rescanned:

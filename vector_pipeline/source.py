@@ -508,15 +508,39 @@ class SourceTable:
             "SELECT v.k FROM unnest(%s::text[]) AS v(k) WHERE EXISTS "
             "(SELECT 1 FROM {relation} AS t WHERE {match})"
         ).format(relation=self._relation, match=self.key.match("t", sql.SQL("v.k")))
+        return {row[0] for row in self._each_valid(query, keys)}
+
+    def keys_equal_to(self, texts: Sequence[str]) -> dict[str, str | None]:
+        """For texts another writer printed keys as (the reference design hashed Python's
+        `str()` of a key: `'ab   '` for a char(5), `2024-05-01 09:30:00+00:00` for a
+        timestamptz), the key text of the row whose key equals each, read as the key's type:
+        None when no row has it; absent when the text is no value of that type (a Python tuple
+        is no composite key text)."""
+        if not texts:
+            return {}
+        query = sql.SQL(
+            "SELECT v.k, (SELECT {key_text} FROM {relation} AS t WHERE ({columns}) = ({typed}) "
+            "LIMIT 1) FROM unnest(%s::text[]) AS v(k)"
+        ).format(
+            key_text=self.key.text("t"),
+            relation=self._relation,
+            columns=self.key.columns_of("t"),
+            typed=sql.SQL(", ").join(self.key.typed(sql.SQL("v.k"))),
+        )
+        return dict(self._each_valid(query, texts))
+
+    def _each_valid(self, query: sql.Composable, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """`query`'s rows for the texts `keys` (its one parameter): all at once, or, when one
+        of them is no valid value of the key's type, each alone, leaving the invalid out."""
         try:
             with self.conn.transaction():
-                return {row[0] for row in self.conn.execute(query, (list(keys),))}
+                return self.conn.execute(query, (list(keys),)).fetchall()
         except psycopg.DataError:
-            found: set[str] = set()
+            found: list[tuple[Any, ...]] = []
             for key in keys:
                 try:
                     with self.conn.transaction():
-                        found |= {row[0] for row in self.conn.execute(query, ([key],))}
+                        found += self.conn.execute(query, ([key],)).fetchall()
                 except psycopg.DataError:
                     continue
             return found

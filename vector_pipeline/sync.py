@@ -56,7 +56,7 @@ from vector_pipeline.vector_store import (
     PointData,
     delete_points,
     ensure_collection,
-    foreign_point,
+    refuse_foreign_points,
     upsert_points,
 )
 
@@ -380,7 +380,7 @@ def sync_table(
         with collection_lock(conn, schema, table, collection, log):
             why = store.mismatch()  # another worker may have just dealt with it
             if why is not None and store.recorded() is None:
-                refuse_foreign_points(qdrant, collection, table)
+                refuse_foreign_points(qdrant, collection, table.name)
             if why is not None:
                 result.marks_voided = void_marks(source, qdrant, store, why, log)
     result.sparse_reencoded = _reencode_sparse(conn, schema, qdrant, table, collection, sparse, log)
@@ -466,23 +466,6 @@ def _reencode_sparse(
             "nothing was re-embedded"
         )
     return reencoded
-
-
-class ForeignPointsError(RuntimeError):
-    """The collection holds points another writer made; syncing would pay for every row."""
-
-
-def refuse_foreign_points(qdrant: QdrantClient, collection: str, table: TableConfig) -> None:
-    """Before a table's first sync into an existing collection: refuse a collection holding
-    points this pipeline did not write (the reference design's, through Agno), whose rows a
-    sync could not find and would embed again beside them."""
-    found = foreign_point(qdrant, collection)
-    if found is not None:
-        raise ForeignPointsError(
-            f"{table.name}: collection {collection} holds points another writer made (e.g. "
-            f"{found}, without meta_data.table); run `vector-pipeline adopt` to take them over "
-            "without embedding again (README: Switching from the reference design)"
-        )
 
 
 def void_marks(

@@ -173,6 +173,23 @@ def foreign_point(qdrant: QdrantClient, collection: str) -> str | None:
     return str(page[0].id) if page else None
 
 
+class ForeignPointsError(RuntimeError):
+    """The collection holds points another writer made; syncing would pay for every row."""
+
+
+def refuse_foreign_points(qdrant: QdrantClient, collection: str, table: str) -> None:
+    """Before a table's first sync into an existing collection: refuse a collection holding
+    points this pipeline did not write (the reference design's, through Agno), whose rows a
+    sync could not find and would embed again beside them."""
+    found = foreign_point(qdrant, collection)
+    if found is not None:
+        raise ForeignPointsError(
+            f"{table}: collection {collection} holds points another writer made (e.g. "
+            f"{found}, without meta_data.table); run `vector-pipeline adopt` to take them over "
+            "without embedding again (README: Switching from the reference design)"
+        )
+
+
 @dataclass(frozen=True)
 class PointData:
     id: str

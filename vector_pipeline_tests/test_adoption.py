@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,12 @@ from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.points import content_hash, point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.sparse import load_stopwords
-from vector_pipeline.sync import ForeignPointsError
-from vector_pipeline.vector_store import SPARSE, CollectionMismatchError, open_qdrant
+from vector_pipeline.vector_store import (
+    SPARSE,
+    CollectionMismatchError,
+    ForeignPointsError,
+    open_qdrant,
+)
 from vector_pipeline_tests.conftest import API_KEY_VARIABLE, sync_model, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
@@ -184,6 +189,15 @@ def _texts(conn: psycopg.Connection, schema: str, null_as: str = "") -> dict[int
     }
 
 
+def _marked(conn: psycopg.Connection, schema: str) -> int:
+    return conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
+            sql.Identifier(schema, "article")
+        ),
+        (json.dumps([COLLECTION]),),
+    ).fetchone()[0]
+
+
 def _assert_exact(qdrant: QdrantClient, conn: psycopg.Connection, schema: str, null_as: str):
     """One point per row, at its formula id, holding the row's current text, every row
     marked: the promise."""
@@ -247,6 +261,20 @@ def test_an_agno_collection_is_adopted_without_embedding_and_then_kept_exact(
         # A sync refuses rather than paying for every row beside Agno's points.
         with pytest.raises(REFUSED, match="vector-pipeline adopt"):
             sync_model(config, conn, qdrant)
+
+        # So does repair, before it unmarks a single row.
+        marked_before = _marked(conn, schema)
+        refused = CliRunner().invoke(
+            main,
+            ["repair"],
+            env={
+                "DATABASE_URL": database_url,
+                "QDRANT_PATH": qdrant_path,
+                "VECTOR_PIPELINE_CONFIG_DIR": str(config.config_dir),
+            },
+        )
+        assert refused.exit_code == 1 and "vector-pipeline adopt" in refused.output
+        assert _marked(conn, schema) == marked_before == ROWS - 2
 
         # The dry run reports, writes nothing and sees the NULL rendering.
         (dry,) = adopt(conn, qdrant, config, dry_run=True)
@@ -497,6 +525,17 @@ def test_an_operator_adopts_from_dagster_after_a_dry_run(
         (output,) = result.output_for_node("adopt")
         return output
 
+    with dg.instance_for_test() as instance:
+        failed = job.execute_in_process(
+            run_config={"ops": {"adopt": {"config": {"tables": ["nope"]}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert failure.step_failure_data.user_failure_data.description == (
+        "no table 'nope' in tables.yaml"
+    )
     dry = launch()  # the launchpad's default is a dry run
     assert dry["dry_run"] and dry["tables"][0]["payloads_rewritten"] == 40
     assert all(p.payload["meta_data"] == {} for p in _points(qdrant, collection))  # untouched
@@ -504,3 +543,188 @@ def test_an_operator_adopts_from_dagster_after_a_dry_run(
     assert (done["points_written"], done["tables"][0]["rows_held"]) == (40, 40)
     check = reconcile(conn, qdrant, project.tables.tables[0], project.tables.schema_, collection)
     assert check.ok and check.points == 40, check.to_dict()
+
+
+DOC_COLLECTION = "test_det-a_hybrid"
+
+
+def _write_agno_points(
+    qdrant: QdrantClient,
+    collection: str,
+    points: list[tuple[str, str, str, dict[str, Any]]],
+    *,
+    dense: bool = True,
+) -> None:
+    """Points in Agno's hybrid layout: (id, content, content_hash, meta_data) each; the
+    collection is created as Agno creates it (no IDF modifier) when it does not exist."""
+    if not qdrant.collection_exists(collection):
+        qdrant.create_collection(
+            collection,
+            vectors_config={"dense": models.VectorParams(size=16, distance=models.Distance.COSINE)},
+            sparse_vectors_config={"sparse": models.SparseVectorParams()},
+        )
+    structs = []
+    for pid, content, stored, meta in points:
+        vector: dict[str, Any] = {"sparse": models.SparseVector(indices=[1], values=[1.0])}
+        if dense:
+            vector["dense"] = [1.0 + (len(content) + k) % 7 for k in range(16)]
+        payload = {"name": "n", "meta_data": meta, "content": content, "content_hash": stored}
+        structs.append(models.PointStruct(id=pid, vector=vector, payload=payload))
+    qdrant.upsert(collection, structs, wait=True)
+
+
+def _doc_text(conn: psycopg.Connection, schema: str, row_id: int) -> str:
+    title, body = conn.execute(
+        sql.SQL("SELECT title, body FROM {} WHERE id = %s").format(sql.Identifier(schema, "doc")),
+        (row_id,),
+    ).fetchone()
+    return f"TITLE: {title}\nCONTENT: {body}"
+
+
+def _agno_doc_points(conn: psycopg.Connection, schema: str, rows: range) -> list[tuple]:
+    return [
+        (
+            str(uuid.UUID(hashlib.md5(_doc_text(conn, schema, i).encode()).hexdigest())),
+            _doc_text(conn, schema, i),
+            _formula_doc(i),
+            {"id": i},
+        )
+        for i in rows
+    ]
+
+
+def _counts(report: Any) -> dict[str, Any]:
+    (stats,) = report.tables
+    return {k: v for k, v in asdict(stats).items() if k not in ("marks_added", "marks_removed")}
+
+
+def test_the_copy_holding_the_current_text_survives_whichever_page_it_is_on(
+    project: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient, schema: str
+) -> None:
+    # Row 1 has two copies: its old text under the id that scrolls first, its current text
+    # under the id that scrolls last. One point per page puts them on different pages.
+    points = _agno_doc_points(conn, schema, range(1, 121))
+    old = ("00000000-0000-0000-0000-000000000001", "TITLE: Title 1\nCONTENT: old", points[0][2])
+    points[0] = ("ffffffff-ffff-ffff-ffff-ffffffffffff", *points[0][1:])
+    _write_agno_points(qdrant, DOC_COLLECTION, [*points, (*old, {"id": 1})])
+    (dry,) = adopt(conn, qdrant, project, dry_run=True, page=1)
+    (done,) = adopt(conn, qdrant, project, page=1)
+    assert _counts(dry) == _counts(done)
+    stats = done.tables[0]
+    assert (stats.points_moved, stats.duplicates_deleted, stats.rows_held) == (120, 1, 120)
+    assert (stats.rows_to_embed, stats.stale, stats.without_point) == (0, 0, 0)
+    assert _points(qdrant, DOC_COLLECTION)[0].payload is not None
+    by_id = {str(p.id): p for p in _points(qdrant, DOC_COLLECTION)}
+    assert len(by_id) == 120 and by_id[_formula_doc(1)].payload["content"] == points[0][1]
+    assert sync_model(project, conn, qdrant).embedded == 0
+
+
+@pytest.mark.parametrize(
+    ("key_type", "keys"),
+    [
+        ("char(5)", ["ab", "cd"]),  # psycopg reads 'ab   ', which the reference hashed
+        ("timestamptz", ["2024-05-01 09:30:00+00", "2024-05-02 10:00:00+00"]),
+    ],
+)
+def test_a_key_the_reference_printed_otherwise_is_moved_not_deleted(
+    tmp_path: Path,
+    schema: str,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    key_type: str,
+    keys: list[str],
+) -> None:
+    from vector_pipeline_tests.conftest import doc_config
+
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(
+        sql.SQL(f"CREATE TABLE {{}} (code {key_type} PRIMARY KEY, title text, body text)").format(
+            doc
+        )
+    )
+    for key in keys:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, 'b')").format(doc), (key, f"t {key}"))
+    config = doc_config(tmp_path / "c", schema, "{title} {body}", primary_key="code")
+    setup_database(conn, config)
+    # The reference hashed str() of what the driver gave it.
+    values = [row[0] for row in conn.execute(sql.SQL("SELECT code, title FROM {}").format(doc))]
+    points = []
+    for value in values:
+        (title,) = conn.execute(
+            sql.SQL("SELECT title FROM {} WHERE code = %s").format(doc), (value,)
+        ).fetchone()
+        formula = point_id("DOC", str(value), DOC_COLLECTION)
+        points.append((str(uuid.uuid4()), f"{title} b", formula, {"id": str(value)}))
+    assert all(
+        point_id("DOC", k, DOC_COLLECTION) != p[2] for k, p in zip(keys, points, strict=True)
+    )
+    _write_agno_points(qdrant, DOC_COLLECTION, points)
+    (report,) = adopt(conn, qdrant, config)
+    stats = report.tables[0]
+    assert (stats.gone_deleted, stats.points_moved, stats.rows_held) == (0, 2, 2)
+    assert {str(p.id) for p in _points(qdrant, DOC_COLLECTION)} == {
+        point_id("DOC", key, DOC_COLLECTION) for key in keys
+    }
+    # A key no row has any more is still a gone row's point, proven by the formula of the
+    # key as the reference printed it.
+    conn.execute(sql.SQL("DELETE FROM {} WHERE title = %s").format(doc), (f"t {keys[0]}",))
+    gone = point_id("DOC", str(values[0]), DOC_COLLECTION)
+    _write_agno_points(qdrant, DOC_COLLECTION, [(str(uuid.uuid4()), "x", gone, {"id": "x"})])
+    _write_agno_points(
+        qdrant, DOC_COLLECTION, [(str(uuid.uuid4()), "y", gone, {"id": str(values[0])})]
+    )
+    (again,) = adopt(conn, qdrant, config)
+    # The row's moved point and the "y" copy go; the "x" copy names no key: left alone.
+    assert (again.tables[0].gone_deleted, again.unattributed) == (2, 1)
+
+
+def test_a_point_without_a_dense_vector_is_deleted_and_its_row_embedded(
+    project: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient, schema: str
+) -> None:
+    points = _agno_doc_points(conn, schema, range(1, 121))
+    _write_agno_points(qdrant, DOC_COLLECTION, points[1:])
+    _write_agno_points(qdrant, DOC_COLLECTION, points[:1], dense=False)
+    (dry,) = adopt(conn, qdrant, project, dry_run=True)
+    (done,) = adopt(conn, qdrant, project)
+    assert _counts(dry) == _counts(done)
+    assert (done.tables[0].no_vector, done.tables[0].rows_to_embed) == (1, 1)
+    assert sync_model(project, conn, qdrant).embedded == 1
+    check = reconcile(conn, qdrant, project.tables.tables[0], schema, DOC_COLLECTION)
+    assert check.ok and check.points == 120, check.to_dict()
+
+
+def test_with_chunking_off_a_long_adopted_row_is_flagged_truncated(
+    tmp_path: Path, schema: str, conn: psycopg.Connection, qdrant: QdrantClient
+) -> None:
+    from vector_pipeline_tests.conftest import create_doc_table
+
+    create_doc_table(conn, schema, 3)
+    conn.execute(
+        sql.SQL("UPDATE {} SET body = repeat('word ', 50) WHERE id = 1").format(
+            sql.Identifier(schema, "doc")
+        )
+    )
+    tables = (
+        f"schema: {schema}\ncollection_base: test\ntables:\n  doc:\n    data_type: DOC\n"
+        '    text_template: "TITLE: {title}\\nCONTENT: {body}"\n'
+        "    chunking: {enabled: false}\n"
+    )
+    config = load_config(
+        write_config(
+            tmp_path / "c",
+            schema,
+            default="det_s",
+            extra_models="det_s:\n  provider: deterministic\n  id: det-a\n  dimensions: 16\n"
+            "  max_tokens_per_input: 20\n",
+            tables=tables,
+        )
+    )
+    setup_database(conn, config)
+    _write_agno_points(qdrant, DOC_COLLECTION, _agno_doc_points(conn, schema, range(1, 4)))
+    (report,) = adopt(conn, qdrant, config)
+    assert report.tables[0].rows_held == 3
+    truncated = {
+        p.payload["meta_data"]["row_id"]: p.payload["meta_data"]["truncated"]
+        for p in _points(qdrant, DOC_COLLECTION)
+    }
+    assert truncated == {1: True, 2: False, 3: False}

@@ -6,7 +6,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from vector_pipeline.adoption import adopt
+from vector_pipeline.adoption import AdoptionError, adopt
+from vector_pipeline.config import ConfigError
+from vector_pipeline.database_setup import SetupError
 from vector_pipeline.orchestration.resources import (
     EmbeddingsResource,
     PostgresResource,
@@ -40,16 +42,20 @@ def _adopt(
     qdrant: QdrantResource,
     embeddings: EmbeddingsResource,
 ) -> dg.Output[list[dict[str, Any]]]:
-    with postgres.connect() as conn, qdrant.client() as client:
-        reports = adopt(
-            conn,
-            client,
-            embeddings.project,
-            config.model,
-            config.tables,
-            dry_run=config.dry_run,
-            logger=context.log,
-        )
+    try:
+        with postgres.connect() as conn, qdrant.client() as client:
+            reports = adopt(
+                conn,
+                client,
+                embeddings.project,
+                config.model,
+                config.tables,
+                dry_run=config.dry_run,
+                logger=context.log,
+            )
+    except (AdoptionError, ConfigError, SetupError) as exc:
+        # What to fix, as the run's one-line failure rather than a stack trace.
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
     metadata: dict[str, Any] = {"dry_run": config.dry_run}
     for report in reports:
         for table in report.tables:
