@@ -179,8 +179,14 @@ def _sync_with_progress(
 ) -> None:
     collection = collection_name_for(table.collection_base, embedder.model_id)
     pending = SourceTable.for_config(conn, config, table).pending_count(collection)
+    # Shown after half a second: a sync refused at once (bad table, foreign collection)
+    # prints its one-line error without an empty bar above it.
     with tqdm(
-        total=pending, desc=f"{table.name} -> {embedder.model_key}", unit="row", file=sys.stderr
+        total=pending,
+        desc=f"{table.name} -> {embedder.model_key}",
+        unit="row",
+        file=sys.stderr,
+        delay=0.5,
     ) as bar:
         result = sync_configured_table(
             conn=conn,
