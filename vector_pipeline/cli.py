@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -20,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+import httpx
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from qdrant_client.http.exceptions import ApiException as QdrantError
 from tqdm import tqdm
 
 from vector_pipeline import locations
@@ -34,22 +39,25 @@ from vector_pipeline.config import (
     collection_name_for,
     load_config,
 )
+from vector_pipeline.database import DatabaseError, open_database
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.deletes import collection_lock
 from vector_pipeline.embedders import Embedder, EmbeddingError, build_embedder
+from vector_pipeline.messages import first_line
 from vector_pipeline.plan import DEFAULT_SAMPLE, PlanEntry
 from vector_pipeline.plan import plan as plan_sync
 from vector_pipeline.plan import price as _price
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.reconcile import repair as repair_collection
 from vector_pipeline.sessions import FAILED, SessionStore
-from vector_pipeline.source import SourceTable, connect
+from vector_pipeline.source import SourceTable
 from vector_pipeline.status import sync_status
 from vector_pipeline.sync import DEFAULT_BATCH_SIZE, sync_configured_table
 from vector_pipeline.vector_store import (
     CollectionMismatchError,
     ForeignPointsError,
     QdrantBusyError,
+    QdrantStorageError,
     open_qdrant,
 )
 
@@ -67,12 +75,15 @@ _KNOWN_ERRORS = (
     LookupError,
     AdoptionError,
     ForeignPointsError,
+    DatabaseError,
+    QdrantStorageError,
 )
 
 
 class _State:
-    def __init__(self, config_dir: str | None) -> None:
+    def __init__(self, config_dir: str | None, debug: bool = False) -> None:
         self.config_dir = config_dir
+        self.debug = debug
         self._config: ProjectConfig | None = None
 
     @property
@@ -86,20 +97,66 @@ pass_state = click.make_pass_decorator(_State)
 
 
 def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Any failure becomes one line naming the component (`--debug` keeps the traceback);
+    every secret this process knows is blanked out of it."""
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = click.get_current_context().find_object(_State)
         try:
             return command(*args, **kwargs)
-        except _KNOWN_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if state is not None and state.debug:
+                raise
+            raise click.ClickException(_scrub(_one_line(exc), state)) from None
 
     return wrapper
 
 
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, _KNOWN_ERRORS):
+        return str(exc)
+    if isinstance(exc, psycopg.Error):
+        return f"PostgreSQL: {first_line(exc)}"
+    if isinstance(exc, QdrantError | httpx.HTTPError) or type(exc).__module__.startswith(
+        "qdrant_client"
+    ):
+        return f"Qdrant: {first_line(exc)}"
+    return f"{type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)"
+
+
+def _scrub(message: str, state: _State | None) -> str:
+    """`message` without the database password, the Qdrant key or a configured API key."""
+    secrets = [os.environ.get("QDRANT_API_KEY", "")]
+    for variable in ("DATABASE_URL", "DAGSTER_PG_URL"):
+        with contextlib.suppress(Exception):
+            secrets.append(conninfo_to_dict(os.environ.get(variable, "")).get("password", ""))
+    config = state._config if state is not None else None
+    if config is not None:
+        for model in config.embeddings.models.values():
+            reference = getattr(model, "api_key", None)
+            if reference is not None:
+                secrets.append(os.environ.get(reference.variable, ""))
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _on_wait(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
 @contextmanager
 def _database() -> Iterator[Any]:
-    with connect(locations.database_url()) as conn:
+    with open_database(locations.database_url(), on_wait=_on_wait) as conn:
         yield conn
+
+
+def _qdrant(*, wait: bool = True) -> Any:
+    return open_qdrant(locations.qdrant_location(), wait=wait, on_wait=_on_wait)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,10 +166,11 @@ def _database() -> Iterator[Any]:
     type=click.Path(file_okay=False),
     help="Folder holding embeddings.yaml and tables.yaml (default: ./config).",
 )
+@click.option("--debug", is_flag=True, help="Show the traceback of an error.")
 @click.pass_context
-def main(ctx: click.Context, config_dir: str | None) -> None:
+def main(ctx: click.Context, config_dir: str | None, debug: bool) -> None:
     """Keep Qdrant in step with PostgreSQL, incrementally."""
-    ctx.obj = _State(config_dir)
+    ctx.obj = _State(config_dir, debug)
 
 
 @main.command("init-db")
@@ -162,7 +220,7 @@ def sync(state: _State, model: str | None, tables: tuple[str, ...], batch_size: 
     # The embedder is built first so a missing API key fails before any row is read.
     embedder = build_embedder(key, model_config)
     try:
-        with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+        with _database() as conn, _qdrant() as qdrant:
             for table in selected:
                 _sync_with_progress(config, table, embedder, conn, qdrant, batch_size)
     finally:
@@ -188,16 +246,22 @@ def _sync_with_progress(
         file=sys.stderr,
         delay=0.5,
     ) as bar:
-        result = sync_configured_table(
-            conn=conn,
-            qdrant=qdrant,
-            embedder=embedder,
-            project=config,
-            table=table,
-            batch_size=batch_size,
-            on_batch=lambda report: bar.update(report.rows),
-            log=_QuietLog(),
-        )
+        try:
+            result = sync_configured_table(
+                conn=conn,
+                qdrant=qdrant,
+                embedder=embedder,
+                project=config,
+                table=table,
+                batch_size=batch_size,
+                on_batch=lambda report: bar.update(report.rows),
+                log=_QuietLog(),
+            )
+        except BaseException:
+            # Cleared, so the one-line error starts a line of its own (delay 0: a bar redrawn
+            # by tqdm.write counts as never shown, and would be left).
+            bar.leave, bar.delay = False, 0
+            raise
     click.echo(
         f"{table.name}: embedded {result.embedded} into {result.collection} in "
         f"{result.seconds:.1f} s; skipped {result.skipped}, truncated {result.truncated}, "
@@ -253,7 +317,7 @@ def repair(
     embedder = build_embedder(key, model_config)
     differs = False
     try:
-        with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+        with _database() as conn, _qdrant() as qdrant:
             for table in selected:
                 schema = config.tables.schema_for(table)
                 collection = collection_name_for(table.collection_base, model_config.id)
@@ -317,7 +381,7 @@ def adopt(
     """
     config = state.config
     logger = _EchoLog(quiet=as_json)
-    with _database() as conn, open_qdrant(locations.qdrant_location()) as qdrant:
+    with _database() as conn, _qdrant() as qdrant:
         reports = adopt_collections(
             conn, qdrant, config, model, list(tables), dry_run=dry_run, logger=logger
         )
@@ -517,7 +581,7 @@ def _qdrant_unless_busy(stack: contextlib.ExitStack) -> tuple[Any, str | None]:
     """A Qdrant client held open by `stack`, or (None, why) while a sync holds the local-mode
     folder: a read-only command answers at once with what PostgreSQL alone can tell."""
     try:
-        return stack.enter_context(open_qdrant(locations.qdrant_location(), wait=False)), None
+        return stack.enter_context(_qdrant(wait=False)), None
     except QdrantBusyError as exc:
         return None, str(exc)
 
@@ -603,7 +667,7 @@ def search(
     embedder = build_embedder(key, model_config)
     found: list[dict[str, Any]] = []
     try:
-        with open_qdrant(locations.qdrant_location()) as qdrant:
+        with _qdrant() as qdrant:
             for collection in collections:
                 rows = search_rows(
                     qdrant,
@@ -638,6 +702,13 @@ def session() -> None:
     """Ask Dagster for a sync through embedding_session, and watch it."""
 
 
+def _finite(param: click.Parameter, value: float | None) -> float | None:
+    # FloatRange lets nan through (every comparison with it is false) and inf.
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
+
+
 @session.command("create")
 @click.option("--model", help="Model key (default: the default model when the run starts).")
 @click.option("--table", "tables", multiple=True, help="Table (repeatable; default: all).")
@@ -647,6 +718,7 @@ def session() -> None:
 @click.option(
     "--cost-budget",
     type=click.FloatRange(min=0, min_open=True),
+    callback=lambda _ctx, param, value: _finite(param, value),
     help="Stop before spending more US dollars (needs the model's price_per_million_tokens).",
 )
 @pass_state

@@ -618,7 +618,15 @@ def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        # Only the position and the kind of problem: the parser's own message quotes the
+        # offending line, which may hold a pasted key.
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "syntax error"
+        # Some problems quote a name from the file (a tag, an alias); a character or a
+        # parser event ('<stream end>') is safe to show.
+        problem = re.sub(r"'(?!<)[^']{2,}'", "'...'", problem)
+        raise ConfigError(f"{path}: not valid YAML at {where}: {problem}") from None
 
 
 def _explain(path: Path, errors: list[Any], prefix: tuple[str | int, ...] = ()) -> ConfigError:

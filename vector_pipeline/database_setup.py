@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
+from vector_pipeline.messages import shorten
 from vector_pipeline.points import KeyLayout
 from vector_pipeline.store_state import STORE_TABLE, create_store_table
 from vector_pipeline.triggers import (
@@ -92,10 +93,11 @@ def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> di
     """Fail clearly if the table or a configured column is missing, or if `primary_key` is not
     a unique, NOT NULL key of the table (two rows would share one point)."""
     columns = table_columns(conn, schema, table.table)
-    where = f"{TABLES_FILE}: tables.{table.name}"
+    where = f"{TABLES_FILE}: tables.{shorten(table.name)}"
     if not columns:
         raise SetupError(
-            f"{where}: table {schema}.{table.table} does not exist. Create it, fix `table:` "
+            f"{where}: table {shorten(schema)}.{shorten(table.table)} does not exist. Create "
+            "it, fix `table:` "
             "or `schema:`, or run `vector-pipeline seed-demo` for the demo tables."
         )
     for key, names in (
@@ -108,7 +110,8 @@ def check_table(conn: psycopg.Connection, schema: str, table: TableConfig) -> di
         if missing:
             raise SetupError(
                 f"{where}.{key}: {schema}.{table.table} has no column "
-                f"{', '.join(repr(m) for m in missing)}; its columns are: {', '.join(columns)}"
+                f"{shorten(', '.join(repr(m) for m in missing))}; its columns are: "
+                f"{shorten(', '.join(columns), 1000)}"
             )
     _check_key(conn, schema, table, columns, where)
     return columns
@@ -501,6 +504,20 @@ _SESSION_COLUMNS = {
 }
 
 
+FINITE_BUDGET = f"{SESSION_TABLE}_cost_budget_finite"
+
+
+def _constraint_exists(conn: psycopg.Connection, schema: str, table: str, name: str) -> bool:
+    return bool(
+        conn.execute(
+            "SELECT 1 FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND con.conname = %s",
+            (schema, table, name),
+        ).fetchone()
+    )
+
+
 def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
     table = sql.Identifier(schema, SESSION_TABLE)
     existing = table_columns(conn, schema, SESSION_TABLE)
@@ -539,6 +556,16 @@ def _ensure_session_table(conn: psycopg.Connection, schema: str) -> bool:
                     for name in missing
                 ),
             )
+        )
+    # numeric's NaN and Infinity pass `cost_budget > 0` (NaN sorts above every number), and a
+    # budget no spend can reach is no budget. NOT VALID: rows already there stay readable,
+    # every new or updated row is checked.
+    if not _constraint_exists(conn, schema, SESSION_TABLE, FINITE_BUDGET):
+        conn.execute(
+            sql.SQL(
+                "ALTER TABLE {} ADD CONSTRAINT {} "
+                "CHECK (cost_budget < 'Infinity'::numeric) NOT VALID"
+            ).format(table, sql.Identifier(FINITE_BUDGET))
         )
     # The launcher looks only for PENDING sessions: a partial index keeps that check cheap
     # however many finished sessions pile up.

@@ -22,8 +22,10 @@ from psycopg import sql
 from qdrant_client import QdrantClient
 
 from vector_pipeline.config import TableConfig
+from vector_pipeline.database import usable
 from vector_pipeline.database_setup import TOMBSTONE_TABLE
 from vector_pipeline.failpoints import failpoint
+from vector_pipeline.messages import shorten
 from vector_pipeline.payloads import refresh_payloads
 from vector_pipeline.points import key_text_of_row_id, row_point_ids, scroll_table_points
 from vector_pipeline.source import SourceTable
@@ -59,12 +61,19 @@ def collection_lock(
     (got,) = conn.execute(f"SELECT pg_try_advisory_lock{mode}(hashtext(%s))", (key,)).fetchone()
     if not got:
         holder = "a repair" if shared else "another sync or repair"
-        logger.info(f"{holder} of {table.name} in {collection} is running; waiting for it")
-        conn.execute(f"SELECT pg_advisory_lock{mode}(hashtext(%s))", (key,))
+        logger.warning(
+            f"{holder} of {shorten(table.name)} in {shorten(collection)} is running; waiting for it"
+        )
+        # The wait is the point (the holder finishes its work), so lock_timeout, meant for
+        # locks held by forgotten transactions, does not cut it short.
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = 0")
+            conn.execute(f"SELECT pg_advisory_lock{mode}(hashtext(%s))", (key,))
     try:
         yield
     finally:
-        conn.execute(f"SELECT pg_advisory_unlock{mode}(hashtext(%s))", (key,))
+        if usable(conn):
+            conn.execute(f"SELECT pg_advisory_unlock{mode}(hashtext(%s))", (key,))
 
 
 def drain_tombstones(
@@ -99,7 +108,7 @@ def drain_tombstones(
                 # collection's record moves on at the end of the sync.
                 StoreState(conn, qdrant, state_schema, table, collection).advance()
         finally:
-            if collection != own_collection:
+            if collection != own_collection and usable(conn):
                 conn.execute("SELECT pg_advisory_unlock_shared(hashtext(%s))", (key,))
     finished = conn.execute(
         sql.SQL(
@@ -188,7 +197,8 @@ def _delete_gone(
             list(dict.fromkeys(point for key in gone for point in [*points[key], *chunk_ids[key]])),
         )
     finally:
-        source.claims.release(collection, claimed)
+        if usable(source.conn):
+            source.claims.release(collection, claimed)
     got = set(claimed)
     return {key for key in keys if key not in got}
 

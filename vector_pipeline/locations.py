@@ -109,11 +109,12 @@ def dagster_storage_url(database_url: str) -> str:
     configured = os.environ.get("DAGSTER_PG_URL")
     if configured:
         return configured
-    import psycopg
     from psycopg import sql
     from sqlalchemy.engine import make_url
 
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    from vector_pipeline.database import connect
+
+    with connect(database_url, autocommit=True) as conn:
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (DAGSTER_DATABASE,)
         ).fetchone()

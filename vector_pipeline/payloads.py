@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from qdrant_client import QdrantClient, models
 
+from vector_pipeline.database import usable
 from vector_pipeline.points import existing_row_points, payload_fields
 from vector_pipeline.source import SourceTable
 
@@ -53,6 +54,7 @@ def refresh_payloads(
         if operations:
             qdrant.batch_update_points(collection, operations, wait=True)
     finally:
-        source.claims.release(collection, claimed)
+        if usable(source.conn):  # else the claims went with the session
+            source.claims.release(collection, claimed)
     got = set(claimed)
     return {key for key in keys if key not in got}

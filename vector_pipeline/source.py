@@ -19,6 +19,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
+from vector_pipeline import database
 from vector_pipeline.claims import Claims
 from vector_pipeline.config import ProjectConfig, TableConfig
 from vector_pipeline.database_setup import (
@@ -74,9 +75,10 @@ def connect(database_url: str) -> psycopg.Connection:
     """An autocommit connection: each read stands alone, each write is an explicit transaction.
 
     Its session settings are pinned (points.KEY_SETTINGS) so key texts do not depend on the
-    environment's PGTZ or the server's defaults.
+    environment's PGTZ or the server's defaults; its timeouts and keepalives are database.py's.
+    Raises database.DatabaseError (one line, no password) if it cannot connect.
     """
-    conn = psycopg.connect(database_url, autocommit=True, application_name="vector_pipeline")
+    conn = database.connect(database_url, autocommit=True)
     apply_key_settings(conn)
     return conn
 
@@ -111,6 +113,11 @@ class SourceTable:
             raise SetupError(
                 f"{schema}.{table.table} is not set up for syncing (no {', '.join(missing)}); "
                 "run `vector-pipeline init-db`"
+            )
+        if columns[EMBEDDED_IN].type != "jsonb":
+            raise SetupError(
+                f"{schema}.{table.table}.{EMBEDDED_IN} is {columns[EMBEDDED_IN].type}, not "
+                "jsonb; run `vector-pipeline init-db`, which prints the statement that converts it"
             )
         # Key texts are computed by PostgreSQL under pinned settings; a connection handed in
         # by a caller gets them too.

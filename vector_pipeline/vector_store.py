@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.messages import shorten
 from vector_pipeline.sparse import SparseVector
 
 DENSE = "dense"
@@ -53,9 +54,28 @@ class QdrantBusyError(RuntimeError):
     """The local-mode folder is held by another process and the caller would not wait."""
 
 
-def _acquire_file_lock(lock_path: Path, path: str, wait: bool) -> Any:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held until the last user closes
+class QdrantStorageError(RuntimeError):
+    """The local-mode folder cannot be used (not writable, a file, ...); one line."""
+
+
+def _storage_error(path: str, exc: OSError) -> QdrantStorageError:
+    reason = exc.strerror or type(exc).__name__
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        reason = "it, or a folder above it, is a file, not a folder"
+    return QdrantStorageError(
+        f"Qdrant local storage {shorten(path)}: cannot use it ({reason}); set QDRANT_PATH to a "
+        "writable folder, or QDRANT_URL to a server"
+    )
+
+
+def _acquire_file_lock(
+    lock_path: Path, path: str, wait: bool, on_wait: Callable[[str], None]
+) -> Any:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held until the last user closes
+    except OSError as exc:
+        raise _storage_error(path, exc) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -64,7 +84,10 @@ def _acquire_file_lock(lock_path: Path, path: str, wait: bool) -> Any:
             raise QdrantBusyError(
                 f"Qdrant local storage {path} is in use by another process"
             ) from None
-        log.info("Qdrant local storage %s is in use by another process; waiting for it", path)
+        on_wait(
+            f"Qdrant: local storage {shorten(path)} is in use by another process; waiting for "
+            "it (a sync, a search or a Dagster run holds it)"
+        )
         started = time.monotonic()
         fcntl.flock(handle, fcntl.LOCK_EX)
         log.info("Got Qdrant local storage after %.1f s", time.monotonic() - started)
@@ -72,9 +95,15 @@ def _acquire_file_lock(lock_path: Path, path: str, wait: bool) -> Any:
 
 
 @contextmanager
-def open_qdrant(location: QdrantLocation, *, wait: bool = True) -> Iterator[QdrantClient]:
-    """A client for `location`; in local mode, waits while another process holds the folder
-    (or, with `wait=False`, raises QdrantBusyError)."""
+def open_qdrant(
+    location: QdrantLocation,
+    *,
+    wait: bool = True,
+    on_wait: Callable[[str], None] = log.warning,
+) -> Iterator[QdrantClient]:
+    """A client for `location`; in local mode, waits while another process holds the folder,
+    saying so through `on_wait` (or, with `wait=False`, raises QdrantBusyError). A folder that
+    cannot be used raises QdrantStorageError."""
     if location.url:
         client = QdrantClient(url=location.url, api_key=location.api_key, timeout=60)
         try:
@@ -87,9 +116,12 @@ def open_qdrant(location: QdrantLocation, *, wait: bool = True) -> Iterator[Qdra
     with _local_guard:
         shared = _local_clients.get(path)
         if shared is None:
-            handle = _acquire_file_lock(Path(path + ".lock"), path, wait)
+            handle = _acquire_file_lock(Path(path + ".lock"), path, wait, on_wait)
             try:
                 client = QdrantClient(path=path)
+            except OSError as exc:
+                handle.close()
+                raise _storage_error(path, exc) from None
             except BaseException:
                 handle.close()
                 raise

@@ -14,8 +14,8 @@ from qdrant_client import QdrantClient
 
 from vector_pipeline import locations
 from vector_pipeline.config import ProjectConfig, load_config
+from vector_pipeline.database import open_database
 from vector_pipeline.embedders import Embedder, build_embedder
-from vector_pipeline.source import connect
 from vector_pipeline.vector_store import open_qdrant
 
 
@@ -26,7 +26,8 @@ class PostgresResource(dg.ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        with connect(self.database_url or locations.database_url()) as conn:
+        # Lock waits are logged as warnings; errors are one line without the password.
+        with open_database(self.database_url or locations.database_url()) as conn:
             yield conn
 
 
