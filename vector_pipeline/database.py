@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.pq import TransactionStatus
 
 from vector_pipeline.messages import first_line, shorten
 
@@ -137,45 +138,63 @@ _WAITING = """
 
 
 class LockWatch:
-    """Reports, through `on_wait`, when the session `pid` waits for another session's lock.
+    """Reports, through `on_wait`, when `conn`'s statement waits for another session's lock.
 
-    A daemon thread with a connection of its own asks pg_locks every `interval` seconds;
-    each new wait is reported once. `last` keeps the latest, for the lock_timeout error.
+    A daemon thread looks every `interval` seconds whether `conn` is running a statement; once
+    one has run that long it opens a connection of its own (only then, so quick commands cost
+    no second connection) and asks pg_locks what the statement waits for. Each new wait is
+    reported once; `last` keeps the latest, for the lock_timeout error.
     """
 
     def __init__(
         self,
+        conn: psycopg.Connection,
         params: dict[str, Any],
-        pid: int,
         on_wait: Callable[[str], None],
         interval: float,
     ) -> None:
-        self.params, self.pid, self.on_wait, self.interval = params, pid, on_wait, interval
+        self.conn, self.params, self.on_wait, self.interval = conn, params, on_wait, interval
+        self.pid = conn.info.backend_pid
         self.last: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lock-watch", daemon=True)
         self._thread.start()
 
+    def _busy(self) -> bool:
+        # Reads libpq's status field only; safe while another thread runs the statement.
+        return self.conn.info.transaction_status == TransactionStatus.ACTIVE
+
     def _run(self) -> None:
+        watcher: psycopg.Connection | None = None
+        reported = None
+        busy = False
         try:
-            with psycopg.connect(
-                **{**self.params, "application_name": f"{APPLICATION} lock watch"},
-                autocommit=True,
-            ) as watcher:
-                reported = None
-                while not self._stop.wait(self.interval):
-                    row = watcher.execute(_WAITING, (self.pid, self.pid)).fetchone()
-                    # Advisory locks are collection_lock's, which says itself what it waits for.
-                    if row is None or not row[2] or row[0] == "advisory":
-                        reported = None
-                        continue
-                    what = describe_wait(*row)
-                    if what != reported:
-                        self.last = reported = what
-                        self.on_wait(f"PostgreSQL: waiting for {what}")
+            while not self._stop.wait(self.interval):
+                if not self._busy():
+                    busy = False
+                    continue
+                if not busy:  # give a statement one interval before asking about it
+                    busy = True
+                    continue
+                if watcher is None:
+                    watcher = psycopg.connect(
+                        **{**self.params, "application_name": f"{APPLICATION} lock watch"},
+                        autocommit=True,
+                    )
+                row = watcher.execute(_WAITING, (self.pid, self.pid)).fetchone()
+                # Advisory locks are collection_lock's, which says itself what it waits for.
+                if row is None or not row[2] or row[0] == "advisory":
+                    continue
+                what = describe_wait(*row)
+                if what != reported:
+                    self.last = reported = what
+                    self.on_wait(f"PostgreSQL: waiting for {what}")
         except psycopg.Error as exc:
             # Watching is a courtesy: the watched connection reports its own failures.
             log.debug("lock watch ended: %s", first_line(exc))
+        finally:
+            if watcher is not None:
+                watcher.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -209,7 +228,7 @@ def open_database(
     conn = connect(database_url, autocommit=True)
     lock_timeout = setting(LOCK_TIMEOUT_ENV)
     interval = min(1.0, lock_timeout / 5) if lock_timeout else 1.0
-    watch = LockWatch(params, conn.info.backend_pid, on_wait or log.warning, interval)
+    watch = LockWatch(conn, params, on_wait or log.warning, interval)
     try:
         apply_key_settings(conn)
         yield conn

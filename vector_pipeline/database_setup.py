@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from vector_pipeline.config import TABLES_FILE, ProjectConfig, TableConfig, collection_name_for
+from vector_pipeline.database import usable
 from vector_pipeline.messages import shorten
 from vector_pipeline.points import KeyLayout
 from vector_pipeline.store_state import STORE_TABLE, create_store_table
@@ -235,11 +236,17 @@ def setup_database(
             return made
 
         done.extend(retrying.run(f"{schema}.{table.table}", (schema, table.table), table_objects))
-    for table in tables.tables:
-        for model in config.embeddings.models.values():
-            collection = collection_name_for(table.collection_base, model.id)
-            if _ensure_pending_index(conn, tables.schema_for(table), table, collection):
-                done.append(f"indexed pending rows of {table.table} for {collection}")
+    # An index build takes as long as its table is big; the statement timeout is for hangs.
+    conn.execute("SET statement_timeout = 0")
+    try:
+        for table in tables.tables:
+            for model in config.embeddings.models.values():
+                collection = collection_name_for(table.collection_base, model.id)
+                if _ensure_pending_index(conn, tables.schema_for(table), table, collection):
+                    done.append(f"indexed pending rows of {table.table} for {collection}")
+    finally:
+        if usable(conn):
+            conn.execute("RESET statement_timeout")
     return done
 
 
