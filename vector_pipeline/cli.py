@@ -96,9 +96,9 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 
 
-def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Any failure becomes one line naming the component (`--debug` keeps the traceback);
-    every secret this process knows is blanked out of it."""
+def _fail_cleanly(command: Callable[..., Any], *, only_known: bool = False) -> Callable[..., Any]:
+    """Any failure (with `only_known`, a known one) becomes one line naming the component
+    (`--debug` keeps the traceback); every secret this process knows is blanked out of it."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -108,7 +108,9 @@ def _fail_cleanly(command: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
-            if state is not None and state.debug:
+            if (state is not None and state.debug) or (
+                only_known and not isinstance(exc, _KNOWN_ERRORS)
+            ):
                 raise
             raise click.ClickException(_scrub(_one_line(exc), state)) from None
 
@@ -809,7 +811,7 @@ def demo(ctx: click.Context, query: str, articles: int, hadiths: int) -> None:
 )
 @click.argument("dagster_args", nargs=-1, type=click.UNPROCESSED)
 @pass_state
-@_fail_cleanly
+@functools.partial(_fail_cleanly, only_known=True)  # what exec itself raises stays as it is
 def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     """Start `dagster dev` on the embedded defaults (extra arguments go to dagster dev)."""
     config = state.config
