@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from qdrant_client.http.exceptions import ApiException as QdrantError
@@ -43,7 +42,7 @@ from vector_pipeline.database import DatabaseError, open_database
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.deletes import collection_lock
 from vector_pipeline.embedders import Embedder, EmbeddingError, build_embedder
-from vector_pipeline.messages import first_line
+from vector_pipeline.messages import first_line, shorten
 from vector_pipeline.plan import DEFAULT_SAMPLE, PlanEntry
 from vector_pipeline.plan import plan as plan_sync
 from vector_pipeline.plan import price as _price
@@ -112,7 +111,11 @@ def _fail_cleanly(command: Callable[..., Any], *, only_known: bool = False) -> C
                 only_known and not isinstance(exc, _KNOWN_ERRORS)
             ):
                 raise
-            raise click.ClickException(_scrub(_one_line(exc), state)) from None
+            # Scrubbed whole, then capped per line (a message may quote user input at any
+            # length): a cut never leaves part of a secret behind.
+            message = _scrub(_one_line(exc), state)
+            message = "\n".join(shorten(line, 1000) for line in message.splitlines())
+            raise click.ClickException(message) from None
 
     return wrapper
 
@@ -122,9 +125,7 @@ def _one_line(exc: Exception) -> str:
         return str(exc)
     if isinstance(exc, psycopg.Error):
         return f"PostgreSQL: {first_line(exc)}"
-    if isinstance(exc, QdrantError | httpx.HTTPError) or type(exc).__module__.startswith(
-        "qdrant_client"
-    ):
+    if isinstance(exc, QdrantError) or type(exc).__module__.startswith("qdrant_client"):
         return f"Qdrant: {first_line(exc)}"
     return f"{type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)"
 

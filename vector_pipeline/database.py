@@ -205,8 +205,6 @@ def describe_wait(locktype: str, relation: str | None, blockers: list[int]) -> s
     """E.g. "a lock on public.doc held by pid 123"."""
     pids = ", ".join(str(pid) for pid in blockers[:5])
     holder = f"held by pid{'s' if len(blockers) > 1 else ''} {pids}"
-    if locktype == "advisory":
-        return f"another sync or repair of this table and collection ({holder})"
     if relation is None:
         return f"a {locktype} lock {holder}"
     row = "a row lock" if locktype in ("tuple", "transactionid") else "a lock"
@@ -234,9 +232,13 @@ def open_database(
         yield conn
     except psycopg.errors.LockNotAvailable:
         what = watch.last or "a lock held by another session"
+        try:  # the timeout in force: the URL or PGOPTIONS may have set it
+            (waited,) = conn.execute("SHOW lock_timeout").fetchone()
+        except psycopg.Error:
+            waited = f"{lock_timeout:g}s"
         raise DatabaseError(
-            f"PostgreSQL: gave up after {LOCK_TIMEOUT_ENV}={lock_timeout:g} s waiting for {what}; "
-            "end that session's transaction, or raise the timeout"
+            f"PostgreSQL: gave up after lock_timeout ({waited}) waiting for {what}; end that "
+            f"session's transaction, or raise {LOCK_TIMEOUT_ENV} (seconds)"
         ) from None
     except psycopg.errors.QueryCanceled as exc:
         raise DatabaseError(f"PostgreSQL: statement cancelled: {first_line(exc)}") from None
