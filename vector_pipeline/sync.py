@@ -36,6 +36,7 @@ from vector_pipeline.config import (
 )
 from vector_pipeline.deletes import collection_lock, delete_points_of_gone_rows, drain_tombstones
 from vector_pipeline.embedders import Embedder
+from vector_pipeline.embedders.base import DenseEmbeddings
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.points import (
     StoredRow,
@@ -173,6 +174,8 @@ class EmbeddedBatch:
     stale_ids: list[str] = field(default_factory=list)
     skipped_ids: list[str] = field(default_factory=list)
     chunked: int = 0  # rows of `wanted` split into several chunks
+    # Why rows of `skipped` were skipped, by row key, when not NO_TEXT: the provider's reason.
+    skip_reasons: dict[str, str] = field(default_factory=dict)
 
 
 def embed_batch(
@@ -228,6 +231,21 @@ def embed_batch(
     texts = [chunk for _, chunks, _, _, _ in planned for chunk in chunks]
     dense = embedder.embed_documents(texts)
     failpoint("after_embed")
+    skip_reasons: dict[str, str] = {}
+    if dense.rejected:
+        # A row with a chunk the provider will not embed is skipped whole, with its reason,
+        # and its old points go: they hold a text the row no longer has.
+        planned, texts, dense, refused = _drop_rejected(planned, texts, dense)
+        for row, reason in refused:
+            skipped.append(row)
+            wanted.remove(row)
+            skip_reasons[row.key] = reason
+            before = stored.get(row.key)
+            skipped_ids += (
+                before.ids(data_type, row.key, collection)
+                if before
+                else [point_id(data_type, row.key, collection)]
+            )
     sparse = bm25(sparse_settings).embed_documents(texts)
     cut = set(dense.truncated)
     firsts: list[PointData] = []
@@ -268,7 +286,42 @@ def embed_batch(
         stale_ids,
         skipped_ids,
         chunked=sum(1 for _, chunks, _, _, _ in planned if len(chunks) > 1),
+        skip_reasons=skip_reasons,
     )
+
+
+def _drop_rejected(
+    planned: list[tuple[SourceRow, list[str], str, int, str]],
+    texts: list[str],
+    dense: DenseEmbeddings,
+) -> tuple[
+    list[tuple[SourceRow, list[str], str, int, str]],
+    list[str],
+    DenseEmbeddings,
+    list[tuple[SourceRow, str]],
+]:
+    """`planned`, the chunk texts and their embeddings without the rows that have a rejected
+    chunk, and those rows with the provider's reason (the first rejected chunk's)."""
+    kept: list[tuple[SourceRow, list[str], str, int, str]] = []
+    keep: list[int] = []  # indexes into `texts` of the chunks kept
+    refused: list[tuple[SourceRow, str]] = []
+    index = 0
+    for plan in planned:
+        chunks = range(index, index + len(plan[1]))
+        reasons = [dense.rejected[i] for i in chunks if i in dense.rejected]
+        if reasons:
+            refused.append((plan[0], reasons[0]))
+        else:
+            kept.append(plan)
+            keep.extend(chunks)
+        index += len(plan[1])
+    position = {old: new for new, old in enumerate(keep)}
+    kept_dense = DenseEmbeddings(
+        vectors=[dense.vectors[i] for i in keep],
+        truncated=tuple(position[i] for i in dense.truncated if i in position),
+        tokens=dense.tokens,
+    )
+    return kept, [texts[i] for i in keep], kept_dense, refused
 
 
 def lookup_points(
@@ -304,7 +357,10 @@ def write_batch(
     if batch.skipped:
         # A row whose text is gone must not stay findable by its old text.
         delete_points(qdrant, collection, batch.skipped_ids)
-        source.record_skips(collection, [(row, NO_TEXT) for row in batch.skipped])
+        source.record_skips(
+            collection,
+            [(row, batch.skip_reasons.get(row.key, NO_TEXT)) for row in batch.skipped],
+        )
     upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
     # After the new chunks are written, so a row is never without points; before the marks,
@@ -633,7 +689,8 @@ def _holds(stored: StoredRow | None, text: str) -> bool:
 def _summarise(result: SyncResult, embedder: Embedder, log: Logger) -> None:
     if result.skipped:
         log.warning(
-            "%s: %d rows have no text and were skipped (ids, first %d: %s)",
+            "%s: %d rows were skipped: no text, or the provider refused them; "
+            "`vector-pipeline skipped` lists why (ids, first %d: %s)",
             result.table,
             result.skipped,
             SAMPLE_IDS,

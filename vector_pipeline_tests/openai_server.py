@@ -5,7 +5,9 @@ and connection pool), so tests exercise exactly what runs against the real API. 
 OpenAI's request limits, so a client that would be rejected in production is rejected here too,
 and it can be told to misbehave for the next N requests (status codes with headers, malformed
 JSON, wrong counts or dimensions, reset connections, answers slower than the client waits), or
-for every request from some point on (`fail_always`).
+for every request from some point on (`fail_always`). Some inputs can be made bad for good, as a
+real provider's content filter or a model bug would: every request holding them refused
+(`refuse_input`), or their vectors NaN or the wrong size (`poison_input`).
 
     with FakeOpenAIServer(api_key="k", dimensions=8) as server:
         server.add_faults(Fault.http_status(429, headers={"Retry-After": "1"}))
@@ -14,6 +16,7 @@ for every request from some point on (`fail_always`).
 
         server.add_faults(None, None, Fault.reset())       # two normal answers, then a reset
         server.fail_always(Fault.http_status(500), after=3)  # 3 normal answers, then only 500s
+        server.refuse_input("bad text", message="flagged")  # 400 for any request holding it
 """
 
 from __future__ import annotations
@@ -34,7 +37,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-FaultKind = Literal["status", "malformed_json", "wrong_count", "wrong_dimension", "reset", "sleep"]
+FaultKind = Literal[
+    "status",
+    "malformed_json",
+    "wrong_count",
+    "wrong_dimension",
+    "reset",
+    "sleep",
+]
+Poison = Literal["nan", "inf", "short"]
 
 OPENAI_MAX_INPUTS = 2048
 OPENAI_MAX_INPUT_TOKENS = 8192
@@ -191,6 +202,8 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.max_in_flight = 0  # the most requests this server was answering at once
         self._gate: threading.Barrier | None = None
+        self._refused: dict[str, tuple[int, str]] = {}  # input -> status and message
+        self._poisoned: dict[str, Poison] = {}
         self._closing = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -256,6 +269,17 @@ class FakeOpenAIServer:
             self._always = fault
             self._grace = after
 
+    def refuse_input(self, text: str, *, status: int = 400, message: str | None = None) -> None:
+        """Answer `status` with `message` to every request that holds `text` as an input."""
+        with self._lock:
+            self._refused[text] = (status, message or "Invalid 'input': content refused.")
+
+    def poison_input(self, text: str, poison: Poison = "nan") -> None:
+        """Answer `text`'s vector, wherever it is sent, with a NaN or an infinite value, or one
+        value short; the other inputs' vectors stay right."""
+        with self._lock:
+            self._poisoned[text] = poison
+
     def gate(self, parties: int, timeout: float = 60.0) -> None:
         """Hold the first requests until `parties` of them are in flight at once, then answer
         them all: proof that that many clients were working together. The barrier breaks
@@ -276,8 +300,10 @@ class FakeOpenAIServer:
             return list(self._requests)
 
     def clear(self) -> None:
-        """Forget recorded requests, queued faults and `fail_always`."""
+        """Forget recorded requests, queued faults, `fail_always` and bad inputs."""
         with self._lock:
+            self._refused.clear()
+            self._poisoned.clear()
             self._requests.clear()
             self._faults.clear()
             self._always = None
@@ -407,6 +433,12 @@ class _Handler(BaseHTTPRequestHandler):
             return 400, error_body("you must provide a model parameter", param="model")
         if isinstance(inputs, str):
             return 400, error_body(inputs, param="input")
+        with self.fake._lock:
+            refused = [self.fake._refused[text] for text in inputs if text in self.fake._refused]
+            poisoned = dict(self.fake._poisoned)
+        if refused:
+            status, message = refused[0]
+            return status, error_body(message, param="input", code="content_refused")
         if len(inputs) > settings.max_inputs:
             return 400, error_body(
                 f"Invalid 'input': array too long. Expected an array with maximum length "
@@ -448,6 +480,12 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "wrong_dimension":
             size = max(1, dimensions + fault.vector_delta)
             vectors = [fake_vector(text, size) for text in inputs]
+        for index, text in enumerate(inputs):
+            poison = poisoned.get(text)
+            if poison == "short":
+                vectors[index] = vectors[index][:-1]
+            elif poison is not None:
+                vectors[index] = [*vectors[index][:-1], float(poison)]
         base64_wanted = self.fake.settings.base64 and body.get("encoding_format") == "base64"
         return 200, {
             "object": "list",

@@ -11,6 +11,7 @@ The API key is a sentinel that must never show in any exception or log record.
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -24,12 +25,14 @@ import pytest
 from psycopg import sql
 from qdrant_client import QdrantClient
 
+from vector_pipeline.chunks import Chunker
 from vector_pipeline.config import ProjectConfig, collection_name_for, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import EmbeddingAuthError, EmbeddingError, build_embedder
 from vector_pipeline.embedders.base import EmbeddingAnswerError
 from vector_pipeline.embedders.openai_api import OpenAIEmbedder
 from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.source import SourceTable
 from vector_pipeline.sync import SyncResult, sync_table
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import create_doc_table, write_config
@@ -404,6 +407,136 @@ def test_backoff_matches_the_sdk_and_is_capped_and_jittered() -> None:
     assert embedder.retry_delay(10_000) <= 8.0
 
 
+# -- inputs the provider will not embed ----------------------------------------------------
+
+POISONED_ROW = 47  # the 7th of the third batch (41..60)
+# How the server treats the row's text, and what its skip records after the model's name.
+BAD_INPUTS = {
+    "refused with HTTP 400": ("refuse 400", ": HTTP 400: Invalid 'input': flagged by moderation"),
+    "refused with HTTP 422": ("refuse 422", ": HTTP 422: Invalid 'input': flagged by moderation"),
+    "answered with NaN": ("nan", " returned NaN or infinite vector values for this text"),
+    "answered with infinity": ("inf", " returned NaN or infinite vector values for this text"),
+    "answered one value short": (
+        "short",
+        " returned a vector of 7 values for this text, expected 8",
+    ),
+}
+
+
+@pytest.mark.parametrize(("how", "reason"), BAD_INPUTS.values(), ids=BAD_INPUTS)
+def test_an_input_the_provider_never_embeds_is_skipped_and_the_rest_carry_on(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+    how: str,
+    reason: str,
+) -> None:
+    table = project.tables.tables[0]
+    source = SourceTable.for_config(conn, project, table)
+    title, body = conn.execute(
+        sql.SQL("SELECT title, body FROM {} WHERE id = %s").format(
+            sql.Identifier(project.tables.schema_, table.table)
+        ),
+        (POISONED_ROW,),
+    ).fetchone()
+    poisoned = table.render_text({"title": title, "body": body})
+    if how.startswith("refuse"):
+        message = "Invalid 'input':\n flagged by moderation"  # one line in the skip table
+        server.refuse_input(poisoned, status=int(how.split()[1]), message=message)
+    else:
+        server.poison_input(poisoned, how)  # type: ignore[arg-type]
+
+    result = run_sync(project, conn, qdrant)
+
+    assert (result.embedded, result.skipped, result.pending_after) == (ROWS - 1, 1, 0)
+    assert result.skipped_ids == [POISONED_ROW]
+    now = state(project, conn, qdrant)
+    assert now.marked == set(now.points) == set(now.texts) - {POISONED_ROW}
+    assert_marked_rows_have_their_points(now)
+    ((collection, key, recorded, _when),) = source.skipped_rows()
+    assert (collection, key) == (now.collection, str(POISONED_ROW))
+    assert recorded == WHO + reason
+    # Every other text was answered once; the bad one was sent alone before it was given up.
+    answered = Counter(
+        text for request in server.requests if request.status == 200 for text in request.inputs
+    )
+    others = Counter(text for row, text in now.texts.items() if row != POISONED_ROW)
+    assert answered - Counter({poisoned: answered[poisoned]}) == others
+    assert any(request.inputs == [poisoned] for request in server.requests)
+    # Splitting costs a few requests more than the 5 batches, not one per input.
+    assert len(server.requests) <= ROWS // BATCH + 2 * math.ceil(math.log2(BATCH)) + 3
+
+    # The skip holds until the row's text changes: a rerun sends nothing at all ...
+    sent = len(server.requests)
+    again = run_sync(project, conn, qdrant)
+    assert (again.batches, again.embedded, again.skipped) == (0, 0, 0)
+    assert len(server.requests) == sent
+    # ... and a new text is embedded, its skip forgotten.
+    conn.execute(
+        sql.SQL("UPDATE {} SET body = 'rewritten' WHERE id = %s").format(
+            sql.Identifier(project.tables.schema_, table.table)
+        ),
+        (POISONED_ROW,),
+    )
+    fixed = run_sync(project, conn, qdrant)
+    assert (fixed.embedded, fixed.skipped, fixed.pending_after) == (1, 0, 0)
+    assert source.skipped_rows() == []
+    assert_complete_marks(state(project, conn, qdrant))
+
+
+def test_a_long_row_with_one_chunk_refused_is_skipped_whole(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+) -> None:
+    table = project.tables.tables[0]
+    doc = sql.Identifier(project.tables.schema_, table.table)
+    long_body = " ".join(f"sentence {i} of a long body." for i in range(60))
+    conn.execute(sql.SQL("UPDATE {} SET body = %s WHERE id = 47").format(doc), (long_body,))
+    key, model = project.embeddings.model()
+    embedder = build_embedder(key, model.model_copy(update={"max_tokens_per_input": 64}))
+    chunks = Chunker.for_embedder(table, embedder).split({"title": "Title 47", "body": long_body})
+    embedder.close()
+    assert len(chunks) >= 3
+    server.refuse_input(chunks[1], message="Invalid 'input': flagged")
+
+    result = run_sync(project, conn, qdrant, max_tokens_per_input=64)
+
+    assert (result.embedded, result.skipped, result.pending_after) == (ROWS - 1, 1, 0)
+    ((_, row_key, reason, _),) = SourceTable.for_config(conn, project, table).skipped_rows()
+    assert (row_key, reason) == ("47", f"{WHO}: HTTP 400: Invalid 'input': flagged")
+    # None of its chunks was written, not even those the provider embedded.
+    now = state(project, conn, qdrant)
+    assert now.marked == set(now.points) == set(now.texts) - {47}
+    answered = {t for r in server.requests if r.status == 200 for t in r.inputs}
+    assert chunks[0] in answered
+
+
+def assert_complete_marks(now: State) -> None:
+    assert now.pending == set() and set(now.points) == set(now.texts)
+    assert_marked_rows_have_their_points(now)
+
+
+def test_a_request_refused_whatever_it_holds_fails_the_sync_and_skips_nothing(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+) -> None:
+    # Not about any input (a model name the server does not know): splitting cannot help.
+    server.fail_always(Fault.http_status(400, message="Invalid 'model': nope"), after=1)
+    error = failing_sync(project, conn, qdrant)
+    assert str(error).startswith(f"{WHO}: HTTP 400: Invalid 'model': nope")
+    source = SourceTable.for_config(conn, project, project.tables.tables[0])
+    assert source.skipped_rows() == []
+    now = state(project, conn, qdrant)
+    assert now.marked == set(range(1, BATCH + 1))
+    # The second batch was split until it was clear no input gets an answer, and no further.
+    assert 1 + 3 <= len(server.requests) <= 1 + math.ceil(math.log2(BATCH)) + 9
+
+
 # -- rejected keys --------------------------------------------------------------------------
 
 
@@ -481,4 +614,8 @@ def test_no_error_from_the_http_embedder_carries_the_key(
             assert_key_hidden(caught.value)
         assert KEY not in repr(embedder)
         embedder.close()
-        assert [request.fault for request in server.requests] == [fault.kind] * 2
+        # A refusal about the inputs (400, 404) is split to find the input at fault: [a, b],
+        # [a], [b]; every one refused, the request itself is at fault and its error raised.
+        about_inputs = fault.kind == "status" and fault.status in (400, 404)
+        sent = 3 + 1 if about_inputs else 1 + 1
+        assert [request.fault for request in server.requests] == [fault.kind] * sent

@@ -7,8 +7,8 @@ differ in everything else; that difference stays inside their own module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -21,11 +21,15 @@ class DenseEmbeddings:
     `vectors` has one entry per input text, in input order, each `dimensions` floats long.
     `truncated` holds the indexes of inputs cut to the model's per-input token limit.
     `tokens` is what the call consumed: API-reported usage, or counted locally.
+    `rejected` maps the indexes of inputs the provider would not embed (it refused them every
+    time, or answered them with an unusable vector) to its reason, one line; their entries in
+    `vectors` are empty lists. Only HTTP embedders reject inputs.
     """
 
     vectors: list[list[float]]
     truncated: tuple[int, ...]
     tokens: int
+    rejected: Mapping[int, str] = field(default_factory=dict)
 
 
 class EmbeddingError(RuntimeError):

@@ -15,6 +15,14 @@ This module adds what the SDK does not:
 - one retry budget per request: the SDK's retries and ours together never exceed the model's
   `max_retries`, so a request is sent at most `max_retries + 1` times (plus, once, a re-send with
   inputs cut shorter when the server counts tokens differently);
+- inputs the provider will not embed isolated instead of failing the batch: a request refused
+  for its content (a 4xx other than 401/403/408/409/429) is split in halves until the inputs at
+  fault are alone, and an answer whose vectors are unusable for some inputs only (NaN or
+  infinite values; the wrong size, when other vectors have the right one) keeps the good
+  vectors and sends the others again, alone in the end. What still fails alone is returned in
+  `DenseEmbeddings.rejected` with the provider's reason, and the sync skips its rows. When no
+  input of a call gets an answer, the fault is the request's (a wrong model name, a bad
+  parameter) and its error is raised instead, after at most log2(inputs) + 8 refused requests;
 - errors that name the model and the key's variable, never the key, and that carry no SDK
   exception (whose request object holds the `Authorization` header) as cause or context.
 """
@@ -22,10 +30,12 @@ This module adds what the SDK does not:
 from __future__ import annotations
 
 import base64
+import math
 import random
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +67,28 @@ _TOO_LONG = re.compile(
 _MESSAGE_LIMIT = 500
 # The longest Retry-After the SDK honours; a longer ask fails at once (MAX_RETRY_AFTER_DELAY).
 _SDK_MAX_RETRY_AFTER = 120.0
+# 4xx answers about something other than the inputs: the key, the rate, a timeout, a conflict.
+_NOT_ABOUT_INPUTS = frozenset({401, 403, 408, 409, 429})
+# Refused requests in a row, beyond the log2(inputs) it takes to isolate one bad input, after
+# which a call with no answered request gives up: the request itself is what is refused.
+_REFUSALS_BEYOND_BISECTION = 8
+
+
+@dataclass(frozen=True)
+class _WrongSize:
+    """A vector of numbers, but not `dimensions` of them; `size` says how many, or why not."""
+
+    size: object
+
+
+class _InputsRefused(EmbeddingError):
+    """The provider refused a request for something in its inputs; `reason` is its one line.
+
+    Internal: callers get a plain EmbeddingError when the refusal cannot be isolated."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class OpenAIEmbedder:
@@ -107,24 +139,65 @@ class OpenAIEmbedder:
         )
 
     def embed_documents(self, texts: Sequence[str]) -> DenseEmbeddings:
+        """Vectors for `texts` in order; inputs the provider will not embed are in `rejected`
+        (see the module docstring). Raises EmbeddingError (EmbeddingAuthError for a rejected
+        key, EmbeddingAnswerError for unusable answers) when the batch as a whole fails."""
         reject_empty(texts)
         if not texts:
             return DenseEmbeddings(vectors=[], truncated=(), tokens=0)
         prepared = prepare_inputs(texts, self._counter, self._per_input)
         truncated = set(prepared.truncated)
-        vectors: list[list[float]] = []
+        vectors: list[list[float]] = [[] for _ in texts]
+        rejected: dict[int, str] = {}
         tokens = 0
+        task = self._task(query=False)
         requests = plan_requests(
             prepared.counts, self._model.max_inputs_per_request, self._model.max_tokens_per_request
         )
-        for span in requests:
-            batch = prepared.texts[span.start : span.stop]
-            counted = sum(prepared.counts[span.start : span.stop])
-            got, used, shrunk = self._embed_batch(batch, counted, self._task(query=False))
-            vectors.extend(got)
+        # Parts still to send, as input indexes; the last is sent first, so inputs go in order.
+        parts = [list(span) for span in reversed(requests)]
+        answered = False  # some request of this call was answered
+        sized = False  # some vector of this call had the right size: the config is not at fault
+        refusals = 0  # refused requests before the first answer
+        most_refusals = math.ceil(math.log2(len(texts))) + _REFUSALS_BEYOND_BISECTION
+        first_refusal: _InputsRefused | None = None
+        while parts:
+            part = parts.pop()
+            batch = [prepared.texts[i] for i in part]
+            counted = sum(prepared.counts[i] for i in part)
+            try:
+                got, used, shrunk, bad = self._embed_batch(batch, counted, task, sized=sized)
+            except _InputsRefused as refusal:
+                first_refusal = first_refusal or refusal
+                refusals += 0 if answered else 1
+                if refusals > most_refusals:
+                    break
+                if len(part) == 1:
+                    rejected[part[0]] = refusal.reason
+                else:
+                    parts += _halves(part)
+                continue
+            answered = True
             tokens += used
-            truncated.update(span.start + index for index in shrunk)
-        return DenseEmbeddings(vectors=vectors, truncated=tuple(sorted(truncated)), tokens=tokens)
+            truncated.update(part[i] for i in shrunk)
+            for index, vector in zip(part, got, strict=True):
+                if vector is not None:
+                    vectors[index] = vector
+                    sized = True
+            if len(part) == 1:
+                rejected.update((part[i], reason) for i, reason in bad.items())
+            elif len(bad) == len(part):
+                parts += _halves(part)
+            elif bad:
+                parts.append([part[i] for i in sorted(bad)])  # sent again, without the good ones
+        if first_refusal is not None and not answered:
+            raise EmbeddingError(str(first_refusal))
+        return DenseEmbeddings(
+            vectors=vectors,
+            truncated=tuple(sorted(truncated - set(rejected))),
+            tokens=tokens,
+            rejected=rejected,
+        )
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` costs: exact (cl100k_base) for OpenAI, an upper bound otherwise."""
@@ -133,10 +206,20 @@ class OpenAIEmbedder:
     def embed_query(self, text: str) -> list[float]:
         reject_empty([text])
         prepared = prepare_inputs([text], self._counter, self._per_input)
-        vectors, _used, _shrunk = self._embed_batch(
-            prepared.texts, prepared.counts[0], self._task(query=True)
-        )
-        return vectors[0]
+        refused: str | None = None
+        try:
+            vectors, _used, _shrunk, bad = self._embed_batch(
+                prepared.texts, prepared.counts[0], self._task(query=True), sized=False
+            )
+        except _InputsRefused as refusal:
+            refused = str(refusal)
+        if refused is not None:  # raised here, so the refusal is not its context
+            raise EmbeddingError(refused)
+        if bad:
+            raise EmbeddingAnswerError(bad[0])
+        vector = vectors[0]
+        assert vector is not None  # an input without a vector is in `bad`
+        return vector
 
     def close(self) -> None:
         self._client.close()
@@ -149,11 +232,16 @@ class OpenAIEmbedder:
         return None
 
     def _embed_batch(
-        self, batch: list[str], counted: int, task: str | None
-    ) -> tuple[list[list[float]], int, list[int]]:
-        """Vectors, tokens used, and indexes (within `batch`) cut after a "too long" answer.
+        self, batch: list[str], counted: int, task: str | None, *, sized: bool
+    ) -> tuple[list[list[float] | None], int, list[int], dict[int, str]]:
+        """Vectors (None for an unusable one), tokens used, indexes (within `batch`) cut after a
+        "too long" answer, and why each unusable vector is unusable (one line each).
 
-        Errors are raised outside any `except` block, so they carry no SDK exception as context.
+        Unusable vectors are retried like unusable answers only when `batch` holds one input:
+        in a larger batch the caller keeps the good vectors and sends the rest again. `sized`:
+        an earlier answer had vectors of the right size, so a wrong size is about its input.
+        Raises _InputsRefused when the provider refuses the request for its content. Errors
+        are raised outside any `except` block, so they carry no SDK exception as context.
         """
         budget = self._model.max_retries
         retries = 0  # spent on this request so far, by the SDK and by us
@@ -186,10 +274,12 @@ class OpenAIEmbedder:
                 raise failure
             retries += max(0, int(getattr(raw, "retries_taken", 0) or 0))
 
-            outcome = self._read(raw, len(batch))
+            outcome = self._read(raw, len(batch), sized=sized)
             if not isinstance(outcome, EmbeddingAnswerError):
-                vectors, used = outcome
-                return vectors, used if used is not None else counted, shrunk
+                vectors, used, bad = outcome
+                if not bad or len(batch) > 1 or retries >= budget:
+                    return vectors, used if used is not None else counted, shrunk, bad
+                outcome = EmbeddingAnswerError(bad[0])
             if retries >= budget:
                 raise EmbeddingAnswerError(
                     f"{outcome}; gave up after {retries + 1} attempts "
@@ -221,9 +311,10 @@ class OpenAIEmbedder:
         )
 
     def _read(
-        self, raw: Any, expected: int
-    ) -> tuple[list[list[float]], int | None] | EmbeddingAnswerError:
-        """Vectors and reported tokens from a raw response, or why the answer is unusable.
+        self, raw: Any, expected: int, *, sized: bool
+    ) -> tuple[list[list[float] | None], int | None, dict[int, str]] | EmbeddingAnswerError:
+        """Vectors, reported tokens and why some vectors are unusable, from a raw response;
+        or why the answer as a whole is unusable.
 
         The body is read as plain JSON, not through the SDK's response models: building a
         pydantic object per float costs ~2 ms per 1536-d vector under the GIL, which capped
@@ -236,15 +327,24 @@ class OpenAIEmbedder:
                 f"{self._who()} answered with a body that is not valid JSON ({exc})"
             )
         try:
-            vectors = self._validate(body, expected)
+            vectors, bad = self._validate(body, expected, sized=sized)
         except EmbeddingAnswerError as exc:
             return exc
         usage = body.get("usage") if isinstance(body, dict) else None
         used = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return vectors, used if isinstance(used, int) else None
+        return vectors, used if isinstance(used, int) else None, bad
 
-    def _validate(self, body: Any, expected: int) -> list[list[float]]:
-        """The vectors in input order, or EmbeddingAnswerError if they cannot be trusted."""
+    def _validate(
+        self, body: Any, expected: int, *, sized: bool
+    ) -> tuple[list[list[float] | None], dict[int, str]]:
+        """The vectors in input order (None where unusable) and why each unusable one is.
+
+        Raises EmbeddingAnswerError when the answer as a whole cannot be trusted: the wrong
+        number of vectors, bad indexes, a vector that is not numbers at all (a broken server),
+        or every vector of the wrong size while no vector of the call had the right one (then
+        `dimensions:` is wrong, not the inputs). NaN and infinite values are always about
+        their input.
+        """
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list) or len(data) != expected:
             got = len(data) if isinstance(data, list) else "no"
@@ -259,15 +359,36 @@ class OpenAIEmbedder:
                 f"not 0..{expected - 1}"
             )
         ordered = sorted(data, key=lambda item: item["index"])
-        rows = [self._vector(item.get("embedding"), at) for at, item in enumerate(ordered)]
-        matrix = np.vstack(rows) if rows else np.empty((0, self.dimensions))
-        if not np.isfinite(matrix).all():
-            raise EmbeddingAnswerError(f"{self._who()} returned NaN or infinite vector values")
-        return matrix.tolist()
+        vectors: list[list[float] | None] = []
+        bad: dict[int, str] = {}
+        first_wrong_size: str | None = None
+        for at, item in enumerate(ordered):
+            vector = self._vector(item.get("embedding"), at)
+            if isinstance(vector, _WrongSize):
+                first_wrong_size = first_wrong_size or (
+                    f"{self._who()} returned a vector of {vector.size} values for input {at}, "
+                    f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
+                    f"(and `send_dimensions:` if the model has a fixed size)"
+                )
+                bad[at] = (
+                    f"{self._who()} returned a vector of {vector.size} values for this text, "
+                    f"expected {self.dimensions}"
+                )
+                vectors.append(None)
+            elif not np.isfinite(vector).all():
+                bad[at] = f"{self._who()} returned NaN or infinite vector values for this text"
+                vectors.append(None)
+            else:
+                vectors.append(vector.tolist())
+        if first_wrong_size is not None and not sized and all(v is None for v in vectors):
+            raise EmbeddingAnswerError(first_wrong_size)
+        return vectors, bad
 
-    def _vector(self, embedding: Any, position: int) -> np.ndarray:
+    def _vector(self, embedding: Any, position: int) -> np.ndarray | _WrongSize:
         """One answer's vector: a JSON list of floats, or base64 of little-endian float32 (what
-        `encoding_format: base64` asks for; a server may answer floats anyway)."""
+        `encoding_format: base64` asks for; a server may answer floats anyway).
+
+        Raises EmbeddingAnswerError for something that is not numbers at all."""
         size: object
         vector: np.ndarray | None = None
         if isinstance(embedding, str):
@@ -292,13 +413,12 @@ class OpenAIEmbedder:
                 ) from None
             size = len(embedding)
         else:
-            size = type(embedding).__name__
-        if vector is None or vector.shape != (self.dimensions,):
             raise EmbeddingAnswerError(
-                f"{self._who()} returned a vector of {size} values for input {position}, "
-                f"expected {self.dimensions}; check `dimensions:` in config/embeddings.yaml "
-                f"(and `send_dimensions:` if the model has a fixed size)"
+                f"{self._who()} returned a vector of {type(embedding).__name__} values for "
+                f"input {position}"
             )
+        if vector is None or vector.shape != (self.dimensions,):
+            return _WrongSize(size)
         return vector
 
     # -- errors ----------------------------------------------------------------------------
@@ -328,9 +448,11 @@ class OpenAIEmbedder:
                     f"not retried: the server asked for a {wait:.0f} s wait, longer than the "
                     f"{_SDK_MAX_RETRY_AFTER:.0f} s the client waits; try again later"
                 )
-            return EmbeddingError(
-                f"{self._who()}: HTTP {status}: {self._scrub(_message_of(exc))} ({retried})"
-            )
+            said = self._scrub(_message_of(exc))
+            message = f"{self._who()}: HTTP {status}: {said} ({retried})"
+            if 400 <= status < 500 and status not in _NOT_ABOUT_INPUTS:
+                return _InputsRefused(message, f"{self._who()}: HTTP {status}: {said}")
+            return EmbeddingError(message)
         if isinstance(exc, openai.APITimeoutError):
             return EmbeddingError(
                 f"{self._who()}: no answer within {self._model.timeout_seconds} s ({retried})"
@@ -343,11 +465,19 @@ class OpenAIEmbedder:
         return EmbeddingError(f"{self._who()}: {type(exc).__name__}: {self._scrub(str(exc))}")
 
     def _scrub(self, message: str) -> str:
+        """`message` without the key, on one line, at most _MESSAGE_LIMIT characters."""
         if self._api_key:
             message = message.replace(self._api_key, "***")
+        message = " ".join(message.split())
         if len(message) > _MESSAGE_LIMIT:
             message = message[:_MESSAGE_LIMIT] + "..."
         return message
+
+
+def _halves(part: list[int]) -> list[list[int]]:
+    """`part` split in two, the second half first: parts are sent from the end of the list."""
+    middle = len(part) // 2
+    return [part[middle:], part[:middle]]
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
