@@ -44,6 +44,8 @@ FaultKind = Literal[
     "wrong_dimension",
     "reset",
     "sleep",
+    "trickle",
+    "huge",
 ]
 Poison = Literal["nan", "inf", "short"]
 
@@ -120,6 +122,18 @@ class Fault:
         """Wait `seconds` before answering normally (longer than a client timeout, typically)."""
         return cls("sleep", seconds=seconds)
 
+    @classmethod
+    def trickle(cls, seconds_per_byte: float) -> Fault:
+        """Send the normal answer, status line and headers included, one byte every
+        `seconds_per_byte`: each read gets a byte well within a per-read timeout."""
+        return cls("trickle", seconds=seconds_per_byte)
+
+    @classmethod
+    def huge(cls, size: int) -> Fault:
+        """A 200 declaring a JSON body of `size` bytes, sent as fast as the client reads it
+        (the bytes the server got to send are in the request's `sent`)."""
+        return cls("huge", vector_delta=size)
+
 
 @dataclass
 class RecordedRequest:
@@ -137,6 +151,7 @@ class RecordedRequest:
     inputs: list[str]
     fault: FaultKind | None
     status: int | None = None  # stays None when the connection was reset, or while pending
+    sent: int = 0  # bytes of the response written to the socket (counted for `huge` only)
 
     @property
     def n_inputs(self) -> int:
@@ -405,9 +420,16 @@ class _Handler(BaseHTTPRequestHandler):
             record.status = 200
             self._send(200, b'{"object": "list", "data": [{"embedding": [0.1,', {})
             return
+        if fault is not None and fault.kind == "huge":
+            record.status = 200
+            self._send_huge(fault.vector_delta, record)
+            return
 
         status, answer = self._answer(body, inputs, fault)
         record.status = status
+        if fault is not None and fault.kind == "trickle":
+            self._trickle(status, json.dumps(answer).encode(), fault.seconds)
+            return
         self._json(status, answer)
 
     def _answer(
@@ -522,6 +544,39 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. after its timeout)
+
+    def _trickle(self, status: int, body: bytes, seconds_per_byte: float) -> None:
+        head = (
+            f"HTTP/1.1 {status} {self.responses[status][0]}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.close_connection = True
+        for byte in head + body:
+            if self.fake._closing.wait(seconds_per_byte):
+                return
+            try:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+            except OSError:
+                return  # the client gave up
+
+    def _send_huge(self, size: int, record: RecordedRequest) -> None:
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        opening = b'{"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": "'
+        filler = b"A" * 65536
+        try:
+            self.wfile.write(opening)
+            record.sent = len(opening)
+            while record.sent < size and not self.fake._closing.is_set():
+                chunk = filler[: size - record.sent]
+                self.wfile.write(chunk)
+                record.sent += len(chunk)
+        except OSError:
+            return  # the client stopped reading and closed the connection
 
     def _reset(self) -> None:
         # SO_LINGER with a zero timeout makes close() send RST instead of FIN.

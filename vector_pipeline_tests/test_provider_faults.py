@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from vector_pipeline.config import ProjectConfig, collection_name_for, load_conf
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import EmbeddingAuthError, EmbeddingError, build_embedder
 from vector_pipeline.embedders.base import EmbeddingAnswerError
+from vector_pipeline.embedders.http_limits import response_limit
 from vector_pipeline.embedders.openai_api import OpenAIEmbedder
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
@@ -535,6 +537,74 @@ def test_a_request_refused_whatever_it_holds_fails_the_sync_and_skips_nothing(
     assert now.marked == set(range(1, BATCH + 1))
     # The second batch was split until it was clear no input gets an answer, and no further.
     assert 1 + 3 <= len(server.requests) <= 1 + math.ceil(math.log2(BATCH)) + 9
+
+
+# -- a deadline and a size cap per request --------------------------------------------------
+
+
+def test_a_trickling_answer_is_cut_off_at_the_deadline(
+    project: ProjectConfig, server: FakeOpenAIServer
+) -> None:
+    # One byte every 0.2 s keeps every read well inside a 1 s read timeout; the answer's
+    # ~600 bytes would take two minutes. The deadline is for the whole attempt.
+    server.add_faults(Fault.trickle(0.2))
+    key, model = project.embeddings.model()
+    embedder = build_embedder(
+        key, model.model_copy(update={"max_retries": 0, "timeout_seconds": 1})
+    )
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match=r"no answer within 1 s") as caught:
+        embedder.embed_documents(["a", "b"])
+    elapsed = time.monotonic() - started
+    embedder.close()
+    assert_key_hidden(caught.value)
+    assert 0.9 <= elapsed < 2.0
+    assert len(server.requests) == 1
+
+
+def test_a_trickled_attempt_is_retried_with_a_fresh_deadline(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+) -> None:
+    server.add_faults(None, Fault.trickle(0.2))
+    started = time.monotonic()
+    result = run_sync(project, conn, qdrant, timeout_seconds=1)
+    assert time.monotonic() - started < 10
+    assert (result.embedded, result.pending_after) == (ROWS, 0)
+    assert [request.fault for request in server.requests][:3] == [None, "trickle", None]
+    assert_complete(state(project, conn, qdrant), server)
+
+
+def test_an_answer_larger_than_the_batch_can_need_is_not_read(
+    project: ProjectConfig, server: FakeOpenAIServer
+) -> None:
+    declared = 512 * 1024 * 1024
+    server.add_faults(Fault.huge(declared))
+    key, model = project.embeddings.model()
+    embedder = build_embedder(key, model.model_copy(update={"max_retries": 3}))
+    cap = response_limit(2, DIMENSIONS)
+    started = time.monotonic()
+    with pytest.raises(EmbeddingError, match=f"passed {cap:,} bytes") as caught:
+        embedder.embed_documents(["a", "b"])
+    assert time.monotonic() - started < 5
+    assert_key_hidden(caught.value)
+    assert "2 vectors of 8 floats" in str(caught.value)
+    (request,) = server.requests  # not retried: the next answer would be as big
+    # What the server got to write before the client hung up: the cap and the socket buffers.
+    assert request.sent < cap + 16 * 1024 * 1024 < declared
+    # The connection was dropped, not left half-read: the next request is answered.
+    result = embedder.embed_documents(["a", "b"])
+    embedder.close()
+    assert np.allclose(result.vectors[1], fake_vector("b", DIMENSIONS), atol=1e-6)
+
+
+def test_the_response_cap_leaves_room_for_a_full_float_answer() -> None:
+    # 2,048 inputs of 3,072 floats, each as long as JSON makes it, fit under the cap.
+    longest = "-1.2345678901234567e-05, "
+    item = '{"object": "embedding", "index": 2047, "embedding": [' + longest * 3072 + "]}, "
+    assert len(item) * 2048 < response_limit(2048, 3072)
 
 
 # -- rejected keys --------------------------------------------------------------------------

@@ -23,6 +23,8 @@ This module adds what the SDK does not:
   `DenseEmbeddings.rejected` with the provider's reason, and the sync skips its rows. When no
   input of a call gets an answer, the fault is the request's (a wrong model name, a bad
   parameter) and its error is raised instead, after at most log2(inputs) + 8 refused requests;
+- a deadline per attempt and a cap on the bytes of each answer (http_limits.py): httpx's own
+  timeouts bound each read, not the request, and nothing bounds a body;
 - errors that name the model and the key's variable, never the key, and that carry no SDK
   exception (whose request object holds the `Authorization` header) as cause or context.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import random
 import re
 import time
@@ -56,6 +59,12 @@ from vector_pipeline.embedders.batching import (
     plan_requests,
     prepare_inputs,
 )
+from vector_pipeline.embedders.http_limits import (
+    ResponseTooLarge,
+    limited_http_client,
+    response_cap,
+    response_limit,
+)
 from vector_pipeline.embedders.rate_limit import RateLimiter
 
 # How providers say one input is over the model's context length (OpenAI: "This model's
@@ -72,6 +81,7 @@ _NOT_ABOUT_INPUTS = frozenset({401, 403, 408, 409, 429})
 # Refused requests in a row, beyond the log2(inputs) it takes to isolate one bad input, after
 # which a call with no answered request gives up: the request itself is what is refused.
 _REFUSALS_BEYOND_BISECTION = 8
+_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
@@ -122,11 +132,16 @@ class OpenAIEmbedder:
         # An input can never be larger than a whole request may be.
         self._per_input = min(model.max_tokens_per_input, model.max_tokens_per_request)
         self.max_tokens_per_input = self._per_input
+        # `timeout_seconds` bounds each attempt as a whole, not each read (http_limits.py).
+        base_url = model.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL
         self._client = openai.OpenAI(
             api_key=api_key,
-            base_url=model.base_url,
+            base_url=base_url,
             max_retries=model.max_retries,
             timeout=model.timeout_seconds,
+            http_client=limited_http_client(
+                base_url, model.timeout_seconds, timeout=model.timeout_seconds
+            ),
         )
         # Copies that share the connection pool and allow fewer SDK retries: what is left of a
         # request's budget after earlier attempts.
@@ -251,8 +266,15 @@ class OpenAIEmbedder:
             raw: Any = None
             try:
                 self._limiter.acquire(counted)
-                raw = self._create(batch, task, max_retries=budget - retries)
+                with response_cap(response_limit(len(batch), self.dimensions)):
+                    raw = self._create(batch, task, max_retries=budget - retries)
                 self._limiter.observe(raw.headers)
+            except ResponseTooLarge as exc:
+                failure = EmbeddingError(
+                    f"{self._who()}: the answer to {len(batch)} inputs passed {exc.limit:,} "
+                    f"bytes, more than {len(batch)} vectors of {self.dimensions} floats can "
+                    "need; the rest was not read (not retried)"
+                )
             except openai.BadRequestError as exc:
                 failure = self._translate(exc)
                 if not shrunk and _TOO_LONG.search(_message_of(exc)):
