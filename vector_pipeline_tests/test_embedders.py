@@ -297,10 +297,11 @@ def test_openai_shrinks_and_retries_once_when_the_server_counts_more(
 
 
 def test_openai_other_400_fails_without_retry(server: FakeOpenAIServer, api_key: str) -> None:
-    server.add_faults(Fault.http_status(400, message="Invalid 'model': unknown-model"))
+    server.fail_always(Fault.http_status(400, message="Invalid 'model': unknown-model"))
     with pytest.raises(EmbeddingError, match="HTTP 400: Invalid 'model'"):
         build_embedder("small", openai_model(server)).embed_documents(["a"])
-    assert len(server.requests) == 1
+    # Not retried; only a probe text, whose refusal shows the request, not "a", is at fault.
+    assert [request.inputs for request in server.requests] == [["a"], ["ok"]]
 
 
 def test_openai_honours_retry_after_on_429(server: FakeOpenAIServer, api_key: str) -> None:
@@ -387,7 +388,7 @@ def test_openai_auth_failure_is_fast_and_never_shows_the_key(
 
 
 def test_openai_scrubs_the_key_from_other_errors(server: FakeOpenAIServer, api_key: str) -> None:
-    server.add_faults(Fault.http_status(400, message=f"bad request from {KEY}"))
+    server.fail_always(Fault.http_status(400, message=f"bad request from {KEY}"))
     with pytest.raises(EmbeddingError) as caught:
         build_embedder("small", openai_model(server)).embed_documents(["a"])
     assert KEY not in str(caught.value) and "bad request from ***" in str(caught.value)
@@ -413,11 +414,14 @@ def test_openai_scrubs_the_key_from_other_errors(server: FakeOpenAIServer, api_k
 def test_openai_rejects_unusable_answers(
     server: FakeOpenAIServer, api_key: str, fault: Fault, match: str
 ) -> None:
-    server.add_faults(fault)
+    server.fail_always(fault)
     # With no retries left the answer is refused at once; retrying it: test_provider_faults.py.
     with pytest.raises(EmbeddingError, match=match):
         build_embedder("small", openai_model(server, max_retries=0)).embed_documents(["a", "b"])
-    assert len(server.requests) == 1
+    # Vectors all of one wrong size are checked with a probe text, which tells the inputs
+    # from `dimensions:`; anything else is the server's fault whatever the inputs.
+    probe = "vector of 9 values" in match or "vector of 2 values" in match or "bytes" in match
+    assert len(server.requests) == 1 + probe
 
 
 def test_missing_key_fails_before_any_request(

@@ -32,6 +32,7 @@ from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import EmbeddingAuthError, EmbeddingError, build_embedder
 from vector_pipeline.embedders.base import EmbeddingAnswerError
 from vector_pipeline.embedders.http_limits import response_limit
+from vector_pipeline.embedders.openai_api import _PROBE_TEXT as PROBE_TEXT
 from vector_pipeline.embedders.openai_api import OpenAIEmbedder
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
@@ -359,7 +360,9 @@ def test_a_persistent_fault_fails_clearly_and_keeps_earlier_batches(
     assert message.startswith(WHO) and says in message
     if error_type is EmbeddingAnswerError:
         assert "gave up after 2 attempts (max_retries: 1" in message
-    assert len(server.requests) == 2 + 2  # the failing batch: one try and one retry
+    # The failing batch: one try and one retry; after unusable sizes, one probe (also unusable).
+    probe = 1 if fault.kind == "wrong_dimension" else 0
+    assert len(server.requests) == 2 + 2 + probe
     assert server.requests[2].inputs == server.requests[3].inputs
 
     now = state(project, conn, qdrant)
@@ -373,7 +376,7 @@ def test_a_persistent_fault_fails_clearly_and_keeps_earlier_batches(
     server.fail_always(None)  # the provider recovers; the next sync finishes the job
     result = run_sync(project, conn, qdrant, max_retries=1)
     assert (result.embedded, result.pending_after) == (ROWS - 2 * BATCH, 0)
-    assert len(server.requests) == 4 + 3
+    assert len(server.requests) == 4 + probe + 3
     assert_complete(state(project, conn, qdrant), server)
 
 
@@ -389,10 +392,11 @@ def test_unusable_answers_back_off_exponentially(
         embedder.embed_documents(["a", "b"])
     embedder.close()
     assert_key_hidden(caught.value)
-    assert len(server.requests) == 4
+    assert len(server.requests) == 4 + 1  # and a probe, which tells `dimensions:` is wrong
+    assert server.requests[-1].inputs == [PROBE_TEXT]
     # 0.1 s * 2^n, less at most 25 % jitter: at least 0.075, 0.15 and 0.3 s apart.
     waited = gaps(server)
-    assert all(gap >= low for gap, low in zip(waited, (0.075, 0.15, 0.3), strict=True)), waited
+    assert all(gap >= low for gap, low in zip(waited, (0.075, 0.15, 0.3), strict=False)), waited
 
 
 def test_backoff_matches_the_sdk_and_is_capped_and_jittered() -> None:
@@ -459,13 +463,15 @@ def test_an_input_the_provider_never_embeds_is_skipped_and_the_rest_carry_on(
     ((collection, key, recorded, _when),) = source.skipped_rows()
     assert (collection, key) == (now.collection, str(POISONED_ROW))
     assert recorded == WHO + reason
-    # Every other text was answered once; the bad one was sent alone before it was given up.
+    # Every other text was answered once; the bad one was sent alone before it was given up
+    # (twice, if refused: a skip needs a persistent refusal).
     answered = Counter(
         text for request in server.requests if request.status == 200 for text in request.inputs
     )
     others = Counter(text for row, text in now.texts.items() if row != POISONED_ROW)
-    assert answered - Counter({poisoned: answered[poisoned]}) == others
-    assert any(request.inputs == [poisoned] for request in server.requests)
+    assert answered - Counter({poisoned: 99, PROBE_TEXT: 99}) == others
+    alone = sum(1 for request in server.requests if request.inputs == [poisoned])
+    assert alone == 2 if how.startswith("refuse") else alone == 3  # max_retries: 2
     # Splitting costs a few requests more than the 5 batches, not one per input.
     assert len(server.requests) <= ROWS // BATCH + 2 * math.ceil(math.log2(BATCH)) + 3
 
@@ -535,8 +541,10 @@ def test_a_request_refused_whatever_it_holds_fails_the_sync_and_skips_nothing(
     assert source.skipped_rows() == []
     now = state(project, conn, qdrant)
     assert now.marked == set(range(1, BATCH + 1))
-    # The second batch was split until it was clear no input gets an answer, and no further.
-    assert 1 + 3 <= len(server.requests) <= 1 + math.ceil(math.log2(BATCH)) + 9
+    # The second batch was refused, and so was a harmless probe text sent alone: the fault is
+    # the request's, not its inputs'.
+    assert [request.inputs for request in server.requests][2:] == [[PROBE_TEXT]]
+    assert len(server.requests) == 3
 
 
 # -- a deadline and a size cap per request --------------------------------------------------
@@ -684,8 +692,8 @@ def test_no_error_from_the_http_embedder_carries_the_key(
             assert_key_hidden(caught.value)
         assert KEY not in repr(embedder)
         embedder.close()
-        # A refusal about the inputs (400, 404) is split to find the input at fault: [a, b],
-        # [a], [b]; every one refused, the request itself is at fault and its error raised.
+        # After a refusal about the inputs (400, 404) or vectors all of the wrong size, the
+        # document side sends a probe text alone; when it fails too, the call's error is raised.
         about_inputs = fault.kind == "status" and fault.status in (400, 404)
-        sent = 3 + 1 if about_inputs else 1 + 1
+        sent = 1 + 1 + 1 if about_inputs or fault.kind == "wrong_dimension" else 1 + 1
         assert [request.fault for request in server.requests] == [fault.kind] * sent

@@ -19,10 +19,12 @@ This module adds what the SDK does not:
   for its content (a 4xx other than 401/403/408/409/429) is split in halves until the inputs at
   fault are alone, and an answer whose vectors are unusable for some inputs only (NaN or
   infinite values; the wrong size, when other vectors have the right one) keeps the good
-  vectors and sends the others again, alone in the end. What still fails alone is returned in
-  `DenseEmbeddings.rejected` with the provider's reason, and the sync skips its rows. When no
-  input of a call gets an answer, the fault is the request's (a wrong model name, a bad
-  parameter) and its error is raised instead, after at most log2(inputs) + 8 refused requests;
+  vectors and sends the others again, alone in the end. What still fails alone (twice, for a
+  refusal; after the retries, for a vector) is returned in `DenseEmbeddings.rejected` with the
+  provider's reason, and the sync skips its rows. When no input of a call gets a usable vector,
+  a harmless probe text is sent alone, once: if it gets none either, the fault is the
+  request's or the model's (a wrong model name, a bad parameter, `dimensions:` wrong) and the
+  call's error is raised instead;
 - a deadline per attempt and a cap on the bytes of each answer (http_limits.py): httpx's own
   timeouts bound each read, not the request, and nothing bounds a body;
 - errors that name the model and the key's variable, never the key, and that carry no SDK
@@ -32,7 +34,6 @@ This module adds what the SDK does not:
 from __future__ import annotations
 
 import base64
-import math
 import os
 import random
 import re
@@ -78,9 +79,8 @@ _MESSAGE_LIMIT = 500
 _SDK_MAX_RETRY_AFTER = 120.0
 # 4xx answers about something other than the inputs: the key, the rate, a timeout, a conflict.
 _NOT_ABOUT_INPUTS = frozenset({401, 403, 408, 409, 429})
-# Refused requests in a row, beyond the log2(inputs) it takes to isolate one bad input, after
-# which a call with no answered request gives up: the request itself is what is refused.
-_REFUSALS_BEYOND_BISECTION = 8
+# Sent alone when nothing of a call was embedded: if it is embedded, the inputs are at fault.
+_PROBE_TEXT = "ok"
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -91,10 +91,15 @@ class _WrongSize:
     size: object
 
 
+class _AllWrongSize(EmbeddingAnswerError):
+    """Every vector of an answer had the wrong size, and no earlier one of the call the right
+    size: `dimensions:` is likely wrong, unless a probe text gets the right size."""
+
+
 class _InputsRefused(EmbeddingError):
     """The provider refused a request for something in its inputs; `reason` is its one line.
 
-    Internal: callers get a plain EmbeddingError when the refusal cannot be isolated."""
+    Internal: callers get a plain EmbeddingError (`_public`) when it cannot be isolated."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
@@ -171,48 +176,78 @@ class OpenAIEmbedder:
         )
         # Parts still to send, as input indexes; the last is sent first, so inputs go in order.
         parts = [list(span) for span in reversed(requests)]
-        answered = False  # some request of this call was answered
-        sized = False  # some vector of this call had the right size: the config is not at fault
-        refusals = 0  # refused requests before the first answer
-        most_refusals = math.ceil(math.log2(len(texts))) + _REFUSALS_BEYOND_BISECTION
-        first_refusal: _InputsRefused | None = None
+        # The provider gave a usable vector for some text of this call (or for the probe):
+        # refusals and unusable vectors from now on are about their inputs.
+        works = False
+        refused_alone: set[int] = set()  # inputs refused once when sent alone
+        failure: EmbeddingError | None = None
         while parts:
             part = parts.pop()
             batch = [prepared.texts[i] for i in part]
             counted = sum(prepared.counts[i] for i in part)
             try:
-                got, used, shrunk, bad = self._embed_batch(batch, counted, task, sized=sized)
-            except _InputsRefused as refusal:
-                first_refusal = first_refusal or refusal
-                refusals += 0 if answered else 1
-                if refusals > most_refusals:
+                got, used, shrunk, bad = self._embed_batch(batch, counted, task, sized=works)
+            except (_InputsRefused, _AllWrongSize) as fault:
+                if not works:
+                    works, used = self._probe(task)
+                    tokens += used
+                if not works:
+                    failure = _public(fault)
                     break
-                if len(part) == 1:
-                    rejected[part[0]] = refusal.reason
+                if isinstance(fault, _AllWrongSize):
+                    parts.append(part)  # sent again: now its sizes are judged one by one
+                elif len(part) == 1 and part[0] in refused_alone:
+                    rejected[part[0]] = fault.reason
+                elif len(part) == 1:
+                    refused_alone.add(part[0])  # once more: a refusal must be persistent
+                    parts.append(part)
                 else:
                     parts += _halves(part)
                 continue
-            answered = True
             tokens += used
             truncated.update(part[i] for i in shrunk)
             for index, vector in zip(part, got, strict=True):
                 if vector is not None:
                     vectors[index] = vector
-                    sized = True
+                    works = True
+            if bad and not works:
+                works, used = self._probe(task)
+                tokens += used
+                if not works:
+                    failure = EmbeddingAnswerError(
+                        f"{bad[min(bad)]}, and no usable vector for a probe text either"
+                    )
+                    break
             if len(part) == 1:
                 rejected.update((part[i], reason) for i, reason in bad.items())
             elif len(bad) == len(part):
                 parts += _halves(part)
             elif bad:
                 parts.append([part[i] for i in sorted(bad)])  # sent again, without the good ones
-        if first_refusal is not None and not answered:
-            raise EmbeddingError(str(first_refusal))
+        if failure is not None:
+            raise failure
         return DenseEmbeddings(
             vectors=vectors,
             truncated=tuple(sorted(truncated - set(rejected))),
             tokens=tokens,
             rejected=rejected,
         )
+
+    def _probe(self, task: str | None) -> tuple[bool, int]:
+        """Whether the provider gives a usable vector for a harmless text at the first try, and
+        the tokens it cost: when nothing of a call was embedded, this tells a refusal of its
+        inputs from a refusal of the request itself (a wrong model name, a bad parameter, a
+        broken model)."""
+        try:
+            counted = self._counter.count([_PROBE_TEXT])[0]
+            got, used, _shrunk, bad = self._embed_batch(
+                [_PROBE_TEXT], counted, task, sized=False, max_retries=0
+            )
+        except EmbeddingAuthError:
+            raise
+        except EmbeddingError:  # whatever it is, the call's own fault is the one to report
+            return False, 0
+        return not bad and got[0] is not None, used
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` costs: exact (cl100k_base) for OpenAI, an upper bound otherwise."""
@@ -221,15 +256,15 @@ class OpenAIEmbedder:
     def embed_query(self, text: str) -> list[float]:
         reject_empty([text])
         prepared = prepare_inputs([text], self._counter, self._per_input)
-        refused: str | None = None
+        failure: EmbeddingError | None = None
         try:
             vectors, _used, _shrunk, bad = self._embed_batch(
                 prepared.texts, prepared.counts[0], self._task(query=True), sized=False
             )
-        except _InputsRefused as refusal:
-            refused = str(refusal)
-        if refused is not None:  # raised here, so the refusal is not its context
-            raise EmbeddingError(refused)
+        except (_InputsRefused, _AllWrongSize) as fault:
+            failure = _public(fault)
+        if failure is not None:  # raised here, so the internal error is not its context
+            raise failure
         if bad:
             raise EmbeddingAnswerError(bad[0])
         vector = vectors[0]
@@ -247,7 +282,13 @@ class OpenAIEmbedder:
         return None
 
     def _embed_batch(
-        self, batch: list[str], counted: int, task: str | None, *, sized: bool
+        self,
+        batch: list[str],
+        counted: int,
+        task: str | None,
+        *,
+        sized: bool,
+        max_retries: int | None = None,
     ) -> tuple[list[list[float] | None], int, list[int], dict[int, str]]:
         """Vectors (None for an unusable one), tokens used, indexes (within `batch`) cut after a
         "too long" answer, and why each unusable vector is unusable (one line each).
@@ -255,10 +296,11 @@ class OpenAIEmbedder:
         Unusable vectors are retried like unusable answers only when `batch` holds one input:
         in a larger batch the caller keeps the good vectors and sends the rest again. `sized`:
         an earlier answer had vectors of the right size, so a wrong size is about its input.
+        `max_retries`: this request's retry budget (default: the model's).
         Raises _InputsRefused when the provider refuses the request for its content. Errors
         are raised outside any `except` block, so they carry no SDK exception as context.
         """
-        budget = self._model.max_retries
+        budget = self._model.max_retries if max_retries is None else max_retries
         retries = 0  # spent on this request so far, by the SDK and by us
         shrunk: list[int] = []
         while True:
@@ -303,7 +345,7 @@ class OpenAIEmbedder:
                     return vectors, used if used is not None else counted, shrunk, bad
                 outcome = EmbeddingAnswerError(bad[0])
             if retries >= budget:
-                raise EmbeddingAnswerError(
+                raise type(outcome)(
                     f"{outcome}; gave up after {retries + 1} attempts "
                     f"(max_retries: {budget}, shared with HTTP and connection retries)"
                 )
@@ -402,8 +444,8 @@ class OpenAIEmbedder:
                 vectors.append(None)
             else:
                 vectors.append(vector.tolist())
-        if first_wrong_size is not None and not sized and all(v is None for v in vectors):
-            raise EmbeddingAnswerError(first_wrong_size)
+        if first_wrong_size is not None and not sized and len(bad) == expected:
+            raise _AllWrongSize(first_wrong_size)
         return vectors, bad
 
     def _vector(self, embedding: Any, position: int) -> np.ndarray | _WrongSize:
@@ -494,6 +536,12 @@ class OpenAIEmbedder:
         if len(message) > _MESSAGE_LIMIT:
             message = message[:_MESSAGE_LIMIT] + "..."
         return message
+
+
+def _public(error: EmbeddingError) -> EmbeddingError:
+    """The plain error callers see for an internal one (same message, no context)."""
+    kind = EmbeddingAnswerError if isinstance(error, EmbeddingAnswerError) else EmbeddingError
+    return kind(str(error))
 
 
 def _halves(part: list[int]) -> list[list[int]]:
