@@ -314,6 +314,11 @@ class FakeOpenAIServer:
         with self._lock:
             return list(self._requests)
 
+    def clear_requests(self) -> None:
+        """Forget the requests recorded so far (faults and bad inputs stay)."""
+        with self._lock:
+            self._requests.clear()
+
     def clear(self) -> None:
         """Forget recorded requests, queued faults, `fail_always` and bad inputs."""
         with self._lock:

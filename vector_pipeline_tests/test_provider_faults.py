@@ -493,6 +493,45 @@ def test_an_input_the_provider_never_embeds_is_skipped_and_the_rest_carry_on(
     assert_complete_marks(state(project, conn, qdrant))
 
 
+def test_a_lone_pending_row_refused_is_skipped_and_its_old_point_goes(
+    project: ProjectConfig,
+    conn: psycopg.Connection,
+    qdrant: QdrantClient,
+    server: FakeOpenAIServer,
+) -> None:
+    run_sync(project, conn, qdrant)
+    table = project.tables.tables[0]
+    conn.execute(
+        sql.SQL("UPDATE {} SET body = 'now refused' WHERE id = 47").format(
+            sql.Identifier(project.tables.schema_, table.table)
+        )
+    )
+    server.refuse_input(table.render_text({"title": "Title 47", "body": "now refused"}))
+    server.clear_requests()
+
+    result = run_sync(project, conn, qdrant)  # a batch of one row: nothing else to compare
+
+    assert (result.embedded, result.skipped, result.pending_after) == (0, 1, 0)
+    # Refused, a probe answered, refused again: the input is at fault, persistently.
+    assert [r.inputs == [PROBE_TEXT] for r in server.requests] == [False, True, False]
+    now = state(project, conn, qdrant)
+    assert 47 not in now.points  # its old text is not findable any more
+    assert now.marked == set(now.points) == set(now.texts) - {47}
+
+
+def test_a_one_off_refusal_of_a_lone_input_is_sent_again_not_skipped(
+    project: ProjectConfig, server: FakeOpenAIServer
+) -> None:
+    server.add_faults(Fault.http_status(400, message="Invalid 'input': hiccup"))
+    key, model = project.embeddings.model()
+    embedder = build_embedder(key, model)
+    result = embedder.embed_documents(["a"])
+    embedder.close()
+    assert result.rejected == {}
+    assert np.allclose(result.vectors[0], fake_vector("a", DIMENSIONS), atol=1e-6)
+    assert [r.inputs for r in server.requests] == [["a"], [PROBE_TEXT], ["a"]]
+
+
 def test_a_long_row_with_one_chunk_refused_is_skipped_whole(
     project: ProjectConfig,
     conn: psycopg.Connection,
