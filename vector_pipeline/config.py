@@ -160,6 +160,8 @@ class _HttpModel(_ModelBase):
     max_tokens_per_request: int = Field(default=300_000, gt=0)
     max_tokens_per_input: int = Field(default=8191, gt=0)
     max_retries: int = Field(default=6, ge=0)
+    # The most one attempt of a request may take in all (connect, send, the whole answer), not
+    # per read: embedders/http_limits.py.
     timeout_seconds: float = Field(default=60.0, gt=0)
     # Whether to send `dimensions` in the request (only some models accept it).
     send_dimensions: bool = True
