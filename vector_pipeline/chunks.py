@@ -22,11 +22,10 @@ Pure functions: no database, no Qdrant. Which points the chunks become is points
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from vector_pipeline.config import ConfigError
+from vector_pipeline.config import ConfigError, render_value, template_segments
 
 # Field values up to this many characters are repeated on every chunk by default: titles,
 # names, collection labels; anything longer is body.
@@ -59,8 +58,8 @@ def chunk_text(
     Raises ValueError when `limit` leaves no room for text.
     """
     segments = [
-        (literal, field, _render_field(values, field, spec, conversion, null_as))
-        for literal, field, spec, conversion in string.Formatter().parse(template)
+        (literal, field, render_value(values, field, null_as))
+        for literal, field in template_segments(template)
     ]
     rendered = "".join(literal + value for literal, _field, value in segments)
     if count_tokens(rendered) <= limit:
@@ -76,24 +75,6 @@ def chunk_text(
         budget = limit - safety - overhead
     words = _words(body, count_tokens, overhead, budget)
     return _windows(header, words, count_tokens, limit, budget, overlap_tokens)
-
-
-_FORMATTER = string.Formatter()
-
-
-def _render_field(
-    values: Mapping[str, Any],
-    field: str | None,
-    spec: str | None,
-    conversion: str | None,
-    null_as: str,
-) -> str:
-    """One field as `str.format_map` renders it in TableConfig.render_text (NULL as `null_as`,
-    conversion and format spec applied), so a chunked row's text is the rendered text."""
-    if field is None:
-        return ""
-    value = null_as if values[field] is None else values[field]
-    return _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion), spec or "")
 
 
 def check_limit(count_tokens: TokenCounter, limit: int, where: str) -> None:

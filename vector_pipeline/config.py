@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -372,25 +373,53 @@ class TableConfig(_Strict):
             wanted.append(self.name_column)
         return tuple(dict.fromkeys(wanted))
 
-    def render_text(self, row: dict[str, Any]) -> str:
-        """The text that gets embedded: the template filled in, NULL as `null_as` (empty)."""
-        values = {
-            column: self.null_as if row[column] is None else row[column]
-            for column in self.text_columns
-        }
-        return self.text_template.format_map(values)
+    def render_text(self, row: Mapping[str, Any]) -> str:
+        """The text that gets embedded: the template's literal text with each field replaced by
+        its column's value as read (source.py reads template columns in PostgreSQL's text form,
+        e.g. `{a,b}`, `{"color": "red"}`, `1 day 02:00:00`, `2024-05-01 09:30:00+00`), NULL as
+        `null_as` (empty by default)."""
+        return "".join(
+            literal + render_value(row, field, self.null_as)
+            for literal, field in template_segments(self.text_template)
+        )
 
-    def has_text(self, row: dict[str, Any]) -> bool:
-        """Whether some text column holds non-blank text; a row without any is skipped, never
-        sent (the sync, `plan` and the reconciliation all use this one test)."""
-        return any(row[c] is not None and str(row[c]).strip() for c in self.text_columns)
+    def has_text(self, row: Mapping[str, Any]) -> bool:
+        """Whether some text column holds visible text; a row without any (all NULL, blank, or
+        only invisible characters such as zero-width spaces) is skipped, never sent (the sync,
+        `plan` and the reconciliation all use this one test)."""
+        return any(
+            row[c] is not None and str(row[c]).translate(_INVISIBLE).strip()
+            for c in self.text_columns
+        )
+
+
+# Characters that show nothing and that `str.strip` keeps: zero-width space, non-joiner and
+# joiner, word joiner, and the byte-order mark (zero-width no-break space).
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
+
+
+def render_value(row: Mapping[str, Any], field: str | None, null_as: str) -> str:
+    """One template field's text: the column's value as read, NULL as `null_as`; "" for the
+    literal-only segment (`field` None)."""
+    if field is None:
+        return ""
+    value = row[field]
+    return null_as if value is None else str(value)
+
+
+def template_segments(template: str) -> list[tuple[str, str | None]]:
+    """The template as (literal text, the field after it or None), in order; `{{`/`}}` are
+    literal braces. The template is one `template_columns` accepted."""
+    return [(literal, field) for literal, field, _, _ in string.Formatter().parse(template)]
 
 
 def template_columns(template: str) -> tuple[str, ...]:
-    """The column names a `str.format` template refers to, in order, each once.
+    """The column names a template refers to, in order, each once.
 
-    Only plain `{column}` fields are allowed: attribute access, indexing or positional fields
-    would let a config file reach into Python objects, and would not map to a trigger column.
+    Raises ValueError naming the first field that is not a plain `{column}`: attribute access,
+    indexing or positional fields would let a config file reach into Python objects and would
+    not map to a trigger column; a format spec (`{title:>99999999}`) could make every text
+    huge and a conversion (`{title!r}`) would change it, so neither is allowed.
     """
     try:
         parsed = list(string.Formatter().parse(template))
@@ -399,13 +428,20 @@ def template_columns(template: str) -> tuple[str, ...]:
             f"is not a valid template ({exc}); write literal braces as {{{{ }}}}"
         ) from exc
     columns: list[str] = []
-    for _literal, field, _spec, _conversion in parsed:
+    for _literal, field, spec, conversion in parsed:
         if field is None:
             continue
         if not field or not field.isidentifier():
             raise ValueError(
                 f"field {{{field}}} must be a plain column name such as {{title}}; positional, "
                 "attribute and index fields are not supported"
+            )
+        if spec or conversion:
+            written = field + (f"!{conversion}" if conversion else "")
+            written += f":{spec}" if spec else ""
+            raise ValueError(
+                f"field {{{written}}} must be a plain column name such as {{{field}}}; format "
+                "specs (:...) and conversions (!r, !s, !a) are not supported"
             )
         columns.append(field)
     return tuple(dict.fromkeys(columns))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from vector_pipeline.chunks import REPEAT_MAX_CHARS, chunk_text
-from vector_pipeline.config import LocalModel
+from vector_pipeline.config import LocalModel, TableConfig
 from vector_pipeline.embedders import build_embedder
 
 TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
@@ -122,13 +122,25 @@ def test_chunks_fit_the_real_models_by_their_own_count(model_id: str, limit: int
     assert chunks[-1].endswith("intentions.")
 
 
-def test_conversions_and_format_specs_render_as_the_template_does() -> None:
-    """A chunked row's text is the rendered text: `{title!r}` and `{price:.2f}` apply."""
-    template = "TITLE: {title!r} PRICE: {price:.2f}\nCONTENT: {content}"
-    short = {"title": "Tee", "price": 3.14159, "content": "a few words"}
-    assert chunk_text(template, short, words_plus_two, 50, overlap_tokens=5) == [
-        template.format_map(short)
+def test_chunks_render_as_render_text_does() -> None:
+    """A chunked row's text is the rendered text: literal braces, NULL as `null_as`."""
+    template = "TITLE: {title} {{not a field}} NOTE: {note}\nCONTENT: {content}"
+    table = TableConfig(
+        name="t",
+        table="t",
+        data_type="T",
+        collection_base="t",
+        text_template=template,
+        null_as="None",
+    )
+    short = {"title": "Tee", "note": None, "content": "a few words"}
+    rendered = table.render_text(short)
+    assert rendered == "TITLE: Tee {not a field} NOTE: None\nCONTENT: a few words"
+    assert chunk_text(template, short, words_plus_two, 50, overlap_tokens=5, null_as="None") == [
+        rendered
     ]
     long = {**short, "content": words(200)}
-    chunks = chunk_text(template, long, words_plus_two, 40, overlap_tokens=5)
-    assert len(chunks) > 1 and all(c.startswith("TITLE: 'Tee' PRICE: 3.14\n") for c in chunks)
+    chunks = chunk_text(template, long, words_plus_two, 40, overlap_tokens=5, null_as="None")
+    assert len(chunks) > 1
+    assert all(c.startswith("TITLE: Tee NOTE: None\n") for c in chunks)
+    assert "{not a field}" in chunks[0]

@@ -121,6 +121,32 @@ def test_template_fields_must_be_plain_columns(tmp_path):
     assert "must be a plain column name" in message
 
 
+@pytest.mark.parametrize(
+    ("template", "named"),
+    [
+        ("T: {title:>99999999}", "{title:>99999999}"),
+        ("T: {title!r}", "{title!r}"),
+        ("T: {title!s:^20}", "{title!s:^20}"),
+    ],
+)
+def test_template_format_specs_and_conversions_are_refused(tmp_path, template, named):
+    """`{title:>99999999}` would make every text 100 MB, `{title!r}` would quote it: a template
+    holds only plain fields, and the error names the field."""
+    message = error_for(tmp_path, tables=GOOD_TABLES + f"    text_template: '{template}'\n")
+    assert "tables.yaml: tables.article.text_template" in message
+    assert named in message
+    assert "format specs" in message and "{title}" in message
+
+
+def test_template_literal_braces_and_plain_fields_load(tmp_path):
+    config = load_config(
+        write(tmp_path, tables=GOOD_TABLES + "    text_template: '{{x}} {title}: {body}'\n")
+    )
+    (table,) = config.tables.tables
+    assert table.text_columns == ("title", "body")
+    assert table.render_text({"title": "T", "body": None}) == "{x} T: "
+
+
 def test_unknown_table_key_is_named(tmp_path):
     message = error_for(tmp_path, tables=GOOD_TABLES + "    primary_column: id\n")
     assert "tables.yaml: tables.article.primary_column: unknown key" in message
