@@ -246,8 +246,9 @@ class EmbeddingsConfig(_Strict):
 DEFAULT_TEXT_TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
 # Bumped whenever `render_text` changes what it makes of the same values, or how texts become
 # points: every table's marks are then re-checked once (rows whose points are as they would be
-# written now are marked again unpaid). 2: long rows are chunked, no longer cut.
-RENDERING_VERSION = 2
+# written now are marked again unpaid). 2: long rows are chunked, no longer cut. 3: template
+# columns render in PostgreSQL's text form (`true`, `{a,b}`, `1 day 02:00:00`), not Python's.
+RENDERING_VERSION = 3
 
 
 class ChunkingConfig(_Strict):

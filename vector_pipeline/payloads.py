@@ -31,12 +31,15 @@ def refresh_payloads(
         existing = existing_row_points(qdrant, table.data_type, collection, list(rows))
         operations: list[models.UpdateOperation] = []
         for key, ids in existing.items():
-            values = rows[key]
+            row = rows[key]
+            if row.problem:
+                # Its points keep the payload they have; the next text change re-syncs it.
+                continue
             top, shown = payload_fields(
                 data_type=table.data_type,
                 key_text=key,
-                name=values.get(table.name_column) if table.name_column else None,
-                payload_values={c: values[c] for c in table.payload_columns},
+                name=row.values.get(table.name_column) if table.name_column else None,
+                payload_values=row.payload,
             )
             operations.append(
                 models.SetPayloadOperation(

@@ -46,6 +46,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import TableConfig
@@ -63,12 +64,13 @@ from vector_pipeline.points import (
     stored_row,
     stored_rows,
 )
-from vector_pipeline.source import SourceTable
+from vector_pipeline.source import KEY_TEXT, SourceRow, SourceTable
 from vector_pipeline.store_state import StoreState
 from vector_pipeline.vector_store import refuse_foreign_points
 
 SAMPLE_LIMIT = 1000  # keys kept per kind in a report; the counts are always exact
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
+_EMBEDDED = "__vector_pipeline_embedded"
 CHECK_BATCH = 1000  # candidates looked up again in Qdrant per request
 REPAIR_BATCH = 1000  # keys per UPDATE, point ids per delete
 
@@ -304,7 +306,8 @@ def _scan(
     missing, stale, orphans, drift = (_Tally(limit) for _ in range(4))
     checker = _Checker(qdrant, table, collection, exists, (missing, stale, drift))
     rows = embedded = 0
-    for key, values, is_embedded in _stream_rows(source, collection):
+    for row, is_embedded in _stream_rows(source, collection):
+        key, values = row.key, row.values
         rows += 1
         point = _point_key(point_id(table.data_type, key, collection))
         # Every row claims its point and the chunks its chunk 0 counts, pending or not; the
@@ -320,6 +323,8 @@ def _scan(
             continue
         embedded += 1
         row_id = source.key.row_id(key)
+        if row.problem:
+            continue  # a sync skips it with that reason; its payload cannot be compared
         if not table.has_text(values):
             # A sync skips a row without text: it should hold no point.
             if stored is not None:
@@ -330,7 +335,7 @@ def _scan(
             data_type=table.data_type,
             key_text=key,
             name=values.get(table.name_column) if table.name_column else None,
-            payload_values={c: values[c] for c in table.payload_columns},
+            payload_values=row.payload,
         )
         payload = payload_digest(top, shown, table.payload_columns)
         if stored is None or stored[:2] != (digest, payload) or not chunks_whole:
@@ -385,28 +390,34 @@ def _read_points(
     }
 
 
-def _stream_rows(
-    source: SourceTable, collection: str
-) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(key text, text/payload/name column values, embedded?) for every row, through a
-    server-side cursor.
+def _stream_rows(source: SourceTable, collection: str) -> Iterator[tuple[SourceRow, bool]]:
+    """(the row with its text, payload and name columns, embedded?) for every row, through a
+    server-side cursor; read as the sync reads them (source.py).
 
     One statement, so one consistent snapshot; rows come in storage order (no sort).
     """
     conn, table = source.conn, source.config
-    text_columns = table.row_columns
-    query = sql.SQL("SELECT {key}, {texts}, NOT ({pending}) FROM {relation} AS t").format(
+    query = sql.SQL(
+        "SELECT {key} AS {key_name}, {values}, NOT ({pending}) AS {embedded} FROM {relation} AS t"
+    ).format(
         key=source.key.text("t"),
-        texts=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in text_columns),
+        key_name=sql.Identifier(KEY_TEXT),
+        values=source.select_values("t"),
         pending=pending_condition(collection),
+        embedded=sql.Identifier(_EMBEDDED),
         relation=sql.Identifier(source.schema, table.table),
     )
     # A named cursor lives in a transaction; on an autocommit connection this opens one.
-    with conn.transaction(), conn.cursor(name="vector_pipeline_reconcile") as cursor:
+    with (
+        conn.transaction(),
+        conn.cursor(name="vector_pipeline_reconcile", row_factory=dict_row) as cursor,
+    ):
         cursor.itersize = FETCH_ROWS
         cursor.execute(query)
         for record in cursor:
-            yield record[0], dict(zip(text_columns, record[1:-1], strict=True)), record[-1]
+            embedded = record.pop(_EMBEDDED)
+            key = record.pop(KEY_TEXT)
+            yield source.read_row(key, "", record), embedded
 
 
 # --- repair --------------------------------------------------------------------------------

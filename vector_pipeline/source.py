@@ -1,5 +1,13 @@
 """The PostgreSQL side of a sync: find pending rows, stream them, and mark them embedded.
 
+Every row is read here, in a form that no value can break: the template and name columns as
+PostgreSQL's own text (`col::text`, under the pinned settings of points.KEY_SETTINGS, so a
+timestamptz reads the same whatever the client's time zone), and the payload columns as JSON
+text (`to_json(col)::text`) decoded here, row by row. A value with no Python form (a date
+'infinity', a NaN numeric, JSON with a `\\u0000` escape) so never fails a batch in the driver;
+a payload that cannot become JSON Qdrant accepts makes that row's `problem`, and the sync skips
+the row with it as the reason.
+
 A row is pending for a collection when its `embedded_in` lacks that collection's name (NULL and
 non-arrays count as empty). Rows are read in primary-key order, one bounded batch per short
 transaction (keyset pagination), so memory stays flat and no snapshot is held while embedding.
@@ -9,9 +17,11 @@ that lands while the row is being embedded leaves the row pending instead of mar
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -49,14 +59,47 @@ VOID_CHUNK = 5000  # rows per transaction when voiding every mark of a collectio
 KEY_TEXT = "__vector_pipeline_key"
 MINE = "__vector_pipeline_mine"
 SCAN_PAGE = 5000  # rows per statement when reading a whole table (`scan`)
+TEXT_VALUE = "__vector_pipeline_text_{}"  # the i-th template/name column, as text
+JSON_VALUE = "__vector_pipeline_json_{}"  # the i-th payload column, as JSON text
+
+
+def _number(text: str) -> float | str:
+    """A JSON number as a float, or its text when no float holds it (numeric 1e400)."""
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def decode_payload(texts: dict[str, str | None], numeric: frozenset[str]) -> dict[str, Any]:
+    """The payload columns' values from their `to_json` texts, by column; `numeric` names the
+    numeric columns, whose integral values stay floats (as Decimals always became).
+
+    Raises ValueError (RecursionError for nesting deeper than Python's parser goes) when a
+    value has no JSON form Qdrant takes: a lone surrogate escape, say.
+    """
+    payload: dict[str, Any] = {}
+    for column, text in texts.items():
+        if text is None:
+            payload[column] = None
+            continue
+        integer = _number if column in numeric else int
+        value = json.loads(text, parse_float=_number, parse_int=integer)
+        # What the upsert will send must encode: a `\ud800` escape decodes to a lone surrogate.
+        json.dumps(value, ensure_ascii=False).encode()
+        payload[column] = value
+    return payload
 
 
 @dataclass(frozen=True)
 class SourceRow:
     key: str  # the canonical key text (points.py)
     version: str
-    values: dict[str, Any]
+    # The template and name columns, each as PostgreSQL's text for it (None for NULL).
+    values: dict[str, str | None]
     row_id: str | int  # the payload's meta_data.row_id (points.KeyLayout.row_id)
+    # The payload columns as JSON values (what `to_json` makes of them).
+    payload: dict[str, Any] = field(default_factory=dict)
+    # Why the row cannot be written as it is (a skip reason), or None.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +172,62 @@ class SourceTable:
         )
         self._version = sql.SQL("md5(ROW({})::text)").format(text_columns)
         self.claims = Claims(conn, state, table.name)
+        named = (table.name_column,) if table.name_column else ()
+        self._text_read = tuple(dict.fromkeys((*table.text_columns, *named)))
+        self._numeric = frozenset(
+            c for c in table.payload_columns if columns[c].type.startswith("numeric")
+        )
+
+    def _reads(self, alias: str, *, texts: bool = True) -> list[tuple[sql.Composable, str]]:
+        """(expression, result name) of every value column a row is read with (see the module
+        docstring); without `texts`, of the name and payload columns only."""
+        table = sql.Identifier(alias)
+        reads = [
+            (sql.SQL("{}.{}::text").format(table, sql.Identifier(c)), TEXT_VALUE.format(i))
+            for i, c in enumerate(self._text_read)
+            if texts or c == self.config.name_column
+        ]
+        reads += [
+            (sql.SQL("to_json({}.{})::text").format(table, sql.Identifier(c)), JSON_VALUE.format(i))
+            for i, c in enumerate(self.config.payload_columns)
+        ]
+        return reads
+
+    def select_values(self, alias: str = "t", *, texts: bool = True) -> sql.Composable:
+        """The select list (`expr AS name, ...`) that reads a row's values from `alias`, for
+        `read_row`."""
+        return sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(expr, sql.Identifier(name))
+            for expr, name in self._reads(alias, texts=texts)
+        )
+
+    def value_names(self, alias: str) -> sql.Composable:
+        """`alias.name, ...` for the result names of `select_values` (an outer query's list)."""
+        return sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(name))
+            for _, name in self._reads(alias)
+        )
+
+    def read_row(self, key: str, version: str, record: dict[str, Any]) -> SourceRow:
+        """The SourceRow of a record holding `select_values`'s columns (they are popped; those
+        it lacks are left out)."""
+        values = {
+            column: record.pop(TEXT_VALUE.format(i))
+            for i, column in enumerate(self._text_read)
+            if TEXT_VALUE.format(i) in record
+        }
+        texts = {
+            column: record.pop(JSON_VALUE.format(i))
+            for i, column in enumerate(self.config.payload_columns)
+            if JSON_VALUE.format(i) in record
+        }
+        try:
+            payload = decode_payload(texts, self._numeric)
+        except (ValueError, RecursionError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            problem = f"payload: a value has no JSON form Qdrant takes ({reason})"
+            return SourceRow(key, version, values, self.key.row_id(key), {}, problem)
+        return SourceRow(key, version, values, self.key.row_id(key), payload)
 
     @classmethod
     def for_config(
@@ -185,7 +284,6 @@ class SourceTable:
         Rows claimed by other workers are passed over; the caller releases its claims when it
         marks the rows (`mark_embedded`) or gives up (`Claims.release_all`).
         """
-        columns = self.config.row_columns
         # The key columns ride along only to order by: values such as a date 'infinity' or
         # a year BC have no Python form, and the key travels as its text anyway.
         order = [
@@ -208,16 +306,12 @@ class SourceTable:
             ORDER BY {picked_order}
             """
         parts = {
-            "selected": sql.SQL(", ").join(
-                sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns
-            ),
+            "selected": self.select_values("t"),
             "order_columns": sql.SQL(", ").join(
                 sql.SQL("t.{} AS {}").format(sql.Identifier(c), alias)
                 for c, alias in zip(self.key.columns, order, strict=True)
             ),
-            "picked_columns": sql.SQL(", ").join(
-                sql.SQL("picked.{}").format(sql.Identifier(c)) for c in columns
-            ),
+            "picked_columns": self.value_names("picked"),
             "picked_order": sql.SQL(", ").join(sql.SQL("picked.{}").format(o) for o in order),
             "version": self._version,
             "version_name": sql.Identifier(VERSION),
@@ -243,7 +337,6 @@ class SourceTable:
         Each page is one statement (keyset pagination on the key), so no transaction stays
         open between pages and a table of any size is read in bounded memory.
         """
-        columns = self.config.row_columns if with_values else ()
         template = """
             SELECT {key_text} AS {key_name}, {version} AS {version_name} {selected}
             FROM {relation} AS t WHERE {marked} %s ORDER BY {order} LIMIT %%(limit)s
@@ -253,9 +346,9 @@ class SourceTable:
             "key_name": sql.Identifier(KEY_TEXT),
             "version": self._version if with_values else sql.SQL("''"),
             "version_name": sql.Identifier(VERSION),
-            "selected": sql.SQL("").join(
-                sql.SQL(", t.{}").format(sql.Identifier(c)) for c in columns
-            ),
+            "selected": sql.SQL(", {}").format(self.select_values("t"))
+            if with_values
+            else sql.SQL(""),
             "relation": self._relation,
             "marked": sql.SQL("NOT ({})").format(pending_condition(marked_in))
             if marked_in
@@ -293,7 +386,7 @@ class SourceTable:
                 key = record.pop(KEY_TEXT)
                 version = record.pop(VERSION)
                 if kept:
-                    batch.append(SourceRow(key, version, record, self.key.row_id(key)))
+                    batch.append(self.read_row(key, version, record))
             if batch:
                 yield batch
             if len(records) < limit:
@@ -306,7 +399,6 @@ class SourceTable:
         payload and name columns and text version, read only; by key text."""
         if not keys:
             return {}
-        columns = self.config.row_columns
         query = sql.SQL(
             "SELECT v.k AS {key_name}, {version} AS {version_name}, {columns} "
             "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
@@ -314,7 +406,7 @@ class SourceTable:
             key_name=sql.Identifier(KEY_TEXT),
             version=self._version,
             version_name=sql.Identifier(VERSION),
-            columns=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            columns=self.select_values("t"),
             relation=self._relation,
             match=self.key.match("t", sql.SQL("v.k")),
         )
@@ -323,7 +415,7 @@ class SourceTable:
             for record in cursor.execute(query, (list(keys),)):
                 key = record.pop(KEY_TEXT)
                 version = record.pop(VERSION)
-                found[key] = SourceRow(key, version, record, self.key.row_id(key))
+                found[key] = self.read_row(key, version, record)
         return found
 
     def mark_embedded(
@@ -396,7 +488,7 @@ class SourceTable:
         query = sql.SQL("SELECT {}, {} FROM {} AS t WHERE {} ORDER BY {} LIMIT %s").format(
             self.key.text("t"),
             sql.SQL(", ").join(
-                sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.config.text_columns
+                sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in self.config.text_columns
             ),
             self._relation,
             sql.SQL("true") if every_row else self._waiting(collection),
@@ -552,23 +644,27 @@ class SourceTable:
                     continue
             return found
 
-    def payload_values(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The payload and name columns of the rows with exactly these key texts, by key text
-        (rows that are gone are left out)."""
-        columns = self.config.payload_columns_and_name
-        if not keys or not columns:
+    def payload_values(self, keys: Sequence[str]) -> dict[str, SourceRow]:
+        """The rows with exactly these key texts, by key text, with only their name column
+        (in `values`) and payload columns (rows that are gone are left out)."""
+        if not keys or not self.config.payload_columns_and_name:
             return {}
         query = sql.SQL(
-            "SELECT v.k, {columns} FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
+            "SELECT v.k AS {key_name}, {columns} "
+            "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
         ).format(
-            columns=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns),
+            key_name=sql.Identifier(KEY_TEXT),
+            columns=self.select_values("t", texts=False),
             relation=self._relation,
             match=self.key.match("t", sql.SQL("v.k")),
         )
-        return {
-            record[0]: dict(zip(columns, record[1:], strict=True))
-            for record in self.conn.execute(query, (list(keys),))
-        }
+        with self.conn.cursor(row_factory=dict_row) as cursor:
+            records = cursor.execute(query, (list(keys),)).fetchall()
+        found: dict[str, SourceRow] = {}
+        for record in records:
+            key = record.pop(KEY_TEXT)
+            found[key] = self.read_row(key, "", record)
+        return found
 
     def mark_pending(self, collection: str, keys: Sequence[str]) -> int:
         """Remove `collection` (only it) from `embedded_in` of the rows with these key texts;

@@ -142,8 +142,18 @@ def payload_args(table: TableConfig, row: SourceRow, text: str, truncated: bool)
         "name": row.values.get(table.name_column) if table.name_column else None,
         "text": text,
         "truncated": truncated,
-        "payload_values": {column: row.values[column] for column in table.payload_columns},
+        "payload_values": row.payload,
     }
+
+
+def writable(table: TableConfig, row: SourceRow) -> bool:
+    """Whether the row gets points: it has text and was read whole (else it is skipped, with
+    `skip_reason`)."""
+    return row.problem is None and table.has_text(row.values)
+
+
+def skip_reason(row: SourceRow) -> str:
+    return row.problem or NO_TEXT
 
 
 class BudgetExceeded(RuntimeError):
@@ -205,7 +215,7 @@ def embed_batch(
     planned: list[tuple[SourceRow, list[str], str, int, str]] = []
     for row in rows:
         before = stored.get(row.key)
-        if not table.has_text(row.values):
+        if not writable(table, row):
             skipped.append(row)
             skipped_ids += (
                 before.ids(data_type, row.key, collection)
@@ -335,9 +345,7 @@ def lookup_points(
     without paying for it.
     """
     verify = {
-        row.key: content_hash(table.render_text(row.values))
-        for row in rows
-        if table.has_text(row.values)
+        row.key: content_hash(table.render_text(row.values)) for row in rows if writable(table, row)
     }
     return stored_rows(
         qdrant, table.data_type, collection, [row.key for row in rows], verify=verify
@@ -359,7 +367,7 @@ def write_batch(
         delete_points(qdrant, collection, batch.skipped_ids)
         source.record_skips(
             collection,
-            [(row, batch.skip_reasons.get(row.key, NO_TEXT)) for row in batch.skipped],
+            [(row, batch.skip_reasons.get(row.key) or skip_reason(row)) for row in batch.skipped],
         )
     upsert_points(qdrant, collection, batch.points)
     failpoint("after_upsert")
@@ -659,7 +667,7 @@ def _sync_pending(
                 texts = [
                     text
                     for row in rows
-                    if table.has_text(row.values)
+                    if writable(table, row)
                     and not _holds(current.get(row.key), text := table.render_text(row.values))
                 ]
                 if texts and not admit(texts):
