@@ -76,7 +76,7 @@ from vector_pipeline.points import (
 from vector_pipeline.source import SourceRow, SourceTable
 from vector_pipeline.sparse import SparseVector
 from vector_pipeline.store_state import StoreState
-from vector_pipeline.sync import bm25, lookup_points, payload_args
+from vector_pipeline.sync import bm25, lookup_points, payload_args, writable
 from vector_pipeline.vector_store import (
     DENSE,
     SPARSE,
@@ -119,7 +119,7 @@ class TableAdoption:
     chunked: int = 0  # rows whose point holds their text whole, which the sync would split
     without_point: int = 0  # rows with no point at all
     no_vector: int = 0  # rows whose point had no dense vector to move (it is deleted)
-    no_text: int = 0  # rows with no text (skipped by syncs, never sent)
+    no_text: int = 0  # rows with no text or an unreadable payload (skipped by syncs)
     # Of the stale rows, those whose point holds the text NULL rendered as "None" gives.
     null_as_reference: int = 0
     tokens: int = 0  # to embed the rows to embed (scaled from COUNT_SAMPLE rows when more)
@@ -547,9 +547,7 @@ class _Adoption:
         """The copy that survives: one holding the row's current text, preferring one a sync
         wrote at the formula id (it stands for the row's chunks, if any), then the one at the
         formula id; else the same without the text."""
-        text_hash = (
-            content_hash(table.render_text(row.values)) if table.has_text(row.values) else None
-        )
+        text_hash = content_hash(table.render_text(row.values)) if writable(table, row) else None
 
         def rank(c: _Candidate) -> tuple[bool, bool, bool]:
             ours = c.at_target and _is_ours(c.payload, table, row.key)
@@ -562,7 +560,7 @@ class _Adoption:
         """What becomes of a row whose kept point holds one whole text: HELD when that is
         what a sync would write now, else why it is embedded again."""
         content = kept.payload.get("content")
-        if not table.has_text(row.values):
+        if not writable(table, row):
             return STALE
         chunks = self.chunkers[table.name].split(row.values)
         if len(chunks) == 1 and content == chunks[0]:
@@ -581,7 +579,7 @@ class _Adoption:
         stored = lookup_points(self.qdrant, table, self.collection, rows)
         for row in rows:
             before = stored.get(row.key)
-            if before is None or not table.has_text(row.values):
+            if before is None or not writable(table, row):
                 self.outcome[(name, row.key)] = STALE
                 continue
             chunks = self.chunkers[name].split(row.values)
@@ -674,7 +672,7 @@ class _Adoption:
                 for row in rows:
                     if row.key in held:
                         continue
-                    if not table.has_text(row.values):
+                    if not writable(table, row):
                         stats.no_text += 1
                         continue
                     stats.rows_to_embed += 1
