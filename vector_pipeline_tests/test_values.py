@@ -18,6 +18,7 @@ from vector_pipeline.config import ProjectConfig, TableConfig
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.points import point_id
+from vector_pipeline.reconcile import reconcile
 from vector_pipeline.source import SourceTable
 from vector_pipeline.sync import NO_TEXT
 from vector_pipeline.vector_store import open_qdrant
@@ -238,3 +239,24 @@ def test_timestamptz_renders_alike_whatever_the_client_time_zone(
     assert meeting["meta_data"]["v"] == "2024-05-01T09:30:00+00:00"
     assert forever["content"] == "forever at infinity"
     assert forever["meta_data"]["v"] == "infinity"
+
+
+def test_a_payload_that_turns_unreadable_does_not_stop_payload_refreshes(
+    tmp_path, schema, conn, qdrant
+):
+    """A payload-only edit to a value with no JSON form: the refresh passes that row over (its
+    point keeps the payload it had), refreshes the others, and reconcile still runs."""
+    config = value_table(tmp_path, schema, conn, "json", template="{label}")
+    insert(conn, schema, 1, "one", '{"n": 1}')
+    insert(conn, schema, 2, "two", '{"n": 2}')
+    assert sync_model(config, conn, qdrant).embedded == 2
+    doc = sql.Identifier(schema, "doc")
+    conn.execute(sql.SQL("""UPDATE {} SET v = '"\\ud800"' WHERE id = 1""").format(doc))
+    conn.execute(sql.SQL("""UPDATE {} SET v = '{{"n": 22}}' WHERE id = 2""").format(doc))
+
+    again = sync_model(config, conn, qdrant)
+    assert (again.embedded, again.pending_after) == (0, 0)
+    assert stored(qdrant, 1)["meta_data"]["v"] == {"n": 1}
+    assert stored(qdrant, 2)["meta_data"]["v"] == {"n": 22}
+    report = reconcile(conn, qdrant, config.tables.tables[0], schema, COLLECTION)
+    assert (report.missing_count, report.stale_count, report.orphan_count) == (0, 0, 0)
