@@ -73,8 +73,8 @@ def decode_payload(texts: dict[str, str | None], numeric: frozenset[str]) -> dic
     """The payload columns' values from their `to_json` texts, by column; `numeric` names the
     numeric columns, whose integral values stay floats (as Decimals always became).
 
-    Raises ValueError (RecursionError for nesting deeper than Python's parser goes) when a
-    value has no JSON form Qdrant takes: a lone surrogate escape, say.
+    Raises ValueError naming the column when a value has no JSON form Qdrant takes: nesting
+    deeper than Python's parser goes, a lone surrogate escape.
     """
     payload: dict[str, Any] = {}
     for column, text in texts.items():
@@ -82,9 +82,15 @@ def decode_payload(texts: dict[str, str | None], numeric: frozenset[str]) -> dic
             payload[column] = None
             continue
         integer = _number if column in numeric else int
-        value = json.loads(text, parse_float=_number, parse_int=integer)
-        # What the upsert will send must encode: a `\ud800` escape decodes to a lone surrogate.
-        json.dumps(value, ensure_ascii=False).encode()
+        try:
+            value = json.loads(text, parse_float=_number, parse_int=integer)
+            # What the upsert sends must encode: a `\ud800` escape decodes to a lone surrogate.
+            json.dumps(value, ensure_ascii=False).encode()
+        except (ValueError, RecursionError) as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ValueError(
+                f"payload column {column[:100]!r} has no JSON form Qdrant takes ({why})"
+            ) from None
         payload[column] = value
     return payload
 
@@ -223,10 +229,8 @@ class SourceTable:
         }
         try:
             payload = decode_payload(texts, self._numeric)
-        except (ValueError, RecursionError) as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            problem = f"payload: a value has no JSON form Qdrant takes ({reason})"
-            return SourceRow(key, version, values, self.key.row_id(key), {}, problem)
+        except ValueError as exc:
+            return SourceRow(key, version, values, self.key.row_id(key), {}, str(exc))
         return SourceRow(key, version, values, self.key.row_id(key), payload)
 
     @classmethod

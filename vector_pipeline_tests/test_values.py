@@ -158,7 +158,7 @@ def test_a_payload_with_no_json_form_skips_its_row_with_a_reason(
     source = SourceTable.for_config(conn, config, config.tables.tables[0])
     ((collection, key, reason, _),) = source.skipped_rows()
     assert (collection, key) == (COLLECTION, "1")
-    assert reason.startswith("payload: a value has no JSON form Qdrant takes")
+    assert reason.startswith("payload column 'v' has no JSON form Qdrant takes (")
     assert stored(qdrant, 2)["meta_data"]["v"] == {"ok": True}
     # Skipped until its value changes; then it syncs.
     assert sync_model(config, conn, qdrant).batches == 0
