@@ -17,9 +17,10 @@ from qdrant_client import QdrantClient
 from vector_pipeline.config import ProjectConfig, TableConfig
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.locations import QdrantLocation
-from vector_pipeline.points import point_id
+from vector_pipeline.points import content_hash, point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline.source import SourceTable
+from vector_pipeline.store_state import STORE_TABLE
 from vector_pipeline.sync import NO_TEXT
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import doc_config, sync_model
@@ -260,3 +261,33 @@ def test_a_payload_that_turns_unreadable_does_not_stop_payload_refreshes(
     assert stored(qdrant, 2)["meta_data"]["v"] == {"n": 22}
     report = reconcile(conn, qdrant, config.tables.tables[0], schema, COLLECTION)
     assert (report.missing_count, report.stale_count, report.orphan_count) == (0, 0, 0)
+
+
+def test_after_the_rendering_upgrade_only_rows_whose_text_changed_are_embedded(
+    tmp_path, schema, conn, qdrant
+):
+    """Points written by a version that printed Python's forms (`True`): the first sync under
+    the new rendering re-checks every mark once, marks rows whose text is unchanged again
+    unpaid, and embeds only the rows that now render differently."""
+    config = value_table(tmp_path, schema, conn, "boolean", template="{label}: {v}")
+    insert(conn, schema, 1, "plain", None)
+    insert(conn, schema, 2, "flag", "true")
+    assert sync_model(config, conn, qdrant).embedded == 2
+    # As the previous version left them: its rendering fingerprint, its text for row 2.
+    conn.execute(
+        sql.SQL("UPDATE {} SET rendering = 'before RENDERING_VERSION 3'").format(
+            sql.Identifier(schema, STORE_TABLE)
+        )
+    )
+    old = "flag: True"
+    qdrant.set_payload(
+        COLLECTION,
+        {"content": old, "content_hash": content_hash(old)},
+        points=[point_id("DOC", "2", COLLECTION)],
+        wait=True,
+    )
+
+    upgraded = sync_model(config, conn, qdrant)
+    assert (upgraded.adopted, upgraded.embedded, upgraded.pending_after) == (1, 1, 0)
+    assert stored(qdrant, 2)["content"] == "flag: true"
+    assert sync_model(config, conn, qdrant).batches == 0
