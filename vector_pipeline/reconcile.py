@@ -150,7 +150,7 @@ def reconcile(
 
     `state_schema` holds the pipeline's own tables (default: `schema`)."""
     source = SourceTable(conn, schema, table, state_schema)
-    return _scan(source, qdrant, collection, sample_limit)
+    return source.read_safely(lambda: _scan(source, qdrant, collection, sample_limit))
 
 
 def repair(
@@ -180,7 +180,7 @@ def repair(
     source = SourceTable(conn, schema, table, state_schema)
     rescanned = not report.complete
     if rescanned:
-        report = _scan(source, qdrant, collection, None)
+        report = source.read_safely(lambda: _scan(source, qdrant, collection, None))
     marked = source.mark_pending(collection, [str(key) for key in report.missing + report.stale])
     drifted = [str(key) for key in report.payload_drift]
     held = refresh_payloads(source, qdrant, collection, drifted) if drifted else set()

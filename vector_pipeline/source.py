@@ -6,7 +6,9 @@ timestamptz reads the same whatever the client's time zone), and the payload col
 text (`to_json(col)::text`) decoded here, row by row. A value with no Python form (a date
 'infinity', a NaN numeric, JSON with a `\\u0000` escape) so never fails a batch in the driver;
 a payload that cannot become JSON Qdrant accepts makes that row's `problem`, and the sync skips
-the row with it as the reason.
+the row with it as the reason. A value PostgreSQL itself cannot convert (a user type's cast to
+json that raises) fails the statement; that read is done again with each payload value
+converted on its own (`read_safely`), so again only its row has a problem.
 
 A row is pending for a collection when its `embedded_in` lacks that collection's name (NULL and
 non-arrays count as empty). Rows are read in primary-key order, one bounded batch per short
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,27 @@ MINE = "__vector_pipeline_mine"
 SCAN_PAGE = 5000  # rows per statement when reading a whole table (`scan`)
 TEXT_VALUE = "__vector_pipeline_text_{}"  # the i-th template/name column, as text
 JSON_VALUE = "__vector_pipeline_json_{}"  # the i-th payload column, as JSON text
+# What a conversion of one value can raise: a user-defined cast to json that refuses the value,
+# JSON over PostgreSQL's 1 GB limit. Anything else (a lost connection) is no row's fault.
+VALUE_ERRORS = (
+    psycopg.DataError,
+    psycopg.errors.ProgramLimitExceeded,
+    psycopg.errors.RaiseException,
+)
+# The safe read's answer for a value it could not convert starts with this; no JSON text does.
+_UNREADABLE = "\x01"
+# The safe read: one value's JSON text, or _UNREADABLE and the error. A function of the
+# session's own temporary schema, created only when a page could not be read the fast way.
+_SAFE_JSON = """
+CREATE OR REPLACE FUNCTION pg_temp.vector_pipeline_json(value anyelement) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN to_json(value)::text;
+EXCEPTION WHEN data_exception OR program_limit_exceeded OR raise_exception THEN
+    RETURN E'\\x01' || SQLERRM;
+END
+$$
+"""
 
 
 def _number(text: str) -> float | str:
@@ -81,6 +104,11 @@ def decode_payload(texts: dict[str, str | None], numeric: frozenset[str]) -> dic
         if text is None:
             payload[column] = None
             continue
+        if text.startswith(_UNREADABLE):
+            raise ValueError(
+                f"payload column {column[:100]!r} cannot be converted to JSON "
+                f"({text[1:].splitlines()[0][:200] if text[1:] else 'no reason given'})"
+            )
         integer = _number if column in numeric else int
         try:
             value = json.loads(text, parse_float=_number, parse_int=integer)
@@ -183,6 +211,27 @@ class SourceTable:
         self._numeric = frozenset(
             c for c in table.payload_columns if columns[c].type.startswith("numeric")
         )
+        self._safe = False  # payload values through the safe read (see `read_safely`)
+
+    def read_safely(self, read: Callable[[], Any]) -> Any:
+        """`read()` (which builds its queries with `select_values`); when one value made it
+        fail (VALUE_ERRORS), `read()` again with every payload value converted on its own (a
+        temporary function: not on a read-only standby), so that row alone gets a `problem`
+        and the rest are read as usual."""
+        # Inside the caller's transaction a failed statement would abort it: a savepoint.
+        idle = self.conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            with nullcontext() if idle else self.conn.transaction():
+                return read()
+        except VALUE_ERRORS:
+            if not self.config.payload_columns:
+                raise
+        self.conn.execute(_SAFE_JSON)
+        self._safe = True
+        try:
+            return read()
+        finally:
+            self._safe = False
 
     def _reads(self, alias: str, *, texts: bool = True) -> list[tuple[sql.Composable, str]]:
         """(expression, result name) of every value column a row is read with (see the module
@@ -193,8 +242,13 @@ class SourceTable:
             for i, c in enumerate(self._text_read)
             if texts or c == self.config.name_column
         ]
+        payload = (
+            sql.SQL("pg_temp.vector_pipeline_json({}.{})")
+            if self._safe
+            else sql.SQL("to_json({}.{})::text")
+        )
         reads += [
-            (sql.SQL("to_json({}.{})::text").format(table, sql.Identifier(c)), JSON_VALUE.format(i))
+            (payload.format(table, sql.Identifier(c)), JSON_VALUE.format(i))
             for i, c in enumerate(self.config.payload_columns)
         ]
         return reads
@@ -309,25 +363,28 @@ class SourceTable:
                 ON claimed.row_key = picked.{key_text} COLLATE "C"
             ORDER BY {picked_order}
             """
-        parts = {
-            "selected": self.select_values("t"),
-            "order_columns": sql.SQL(", ").join(
-                sql.SQL("t.{} AS {}").format(sql.Identifier(c), alias)
-                for c, alias in zip(self.key.columns, order, strict=True)
-            ),
-            "picked_columns": self.value_names("picked"),
-            "picked_order": sql.SQL(", ").join(sql.SQL("picked.{}").format(o) for o in order),
-            "version": self._version,
-            "version_name": sql.Identifier(VERSION),
-            "row_key": self.key.text("t"),
-            "key_text": key_text,
-            "relation": self._relation,
-            "pending": self._waiting(collection),
-            "unclaimed": self.claims.unclaimed(collection, self.key.text("t")),
-            "order": self.key.columns_of("t"),
-            "claim": self.claims.insert(collection, sql.Identifier("picked"), key_text),
-            "mine": sql.Identifier(MINE),
-        }
+
+        def parts() -> dict[str, sql.Composable]:  # built again for the safe read
+            return {
+                "selected": self.select_values("t"),
+                "order_columns": sql.SQL(", ").join(
+                    sql.SQL("t.{} AS {}").format(sql.Identifier(c), alias)
+                    for c, alias in zip(self.key.columns, order, strict=True)
+                ),
+                "picked_columns": self.value_names("picked"),
+                "picked_order": sql.SQL(", ").join(sql.SQL("picked.{}").format(o) for o in order),
+                "version": self._version,
+                "version_name": sql.Identifier(VERSION),
+                "row_key": self.key.text("t"),
+                "key_text": key_text,
+                "relation": self._relation,
+                "pending": self._waiting(collection),
+                "unclaimed": self.claims.unclaimed(collection, self.key.text("t")),
+                "order": self.key.columns_of("t"),
+                "claim": self.claims.insert(collection, sql.Identifier("picked"), key_text),
+                "mine": sql.Identifier(MINE),
+            }
+
         # A row another worker claimed in the same instant is that worker's to embed.
         yield from self._keyset_pages(template, parts, batch_size, keep=lambda r: r.pop(MINE))
 
@@ -345,43 +402,51 @@ class SourceTable:
             SELECT {key_text} AS {key_name}, {version} AS {version_name} {selected}
             FROM {relation} AS t WHERE {marked} %s ORDER BY {order} LIMIT %%(limit)s
             """
-        parts = {
-            "key_text": self.key.text("t"),
-            "key_name": sql.Identifier(KEY_TEXT),
-            "version": self._version if with_values else sql.SQL("''"),
-            "version_name": sql.Identifier(VERSION),
-            "selected": sql.SQL(", {}").format(self.select_values("t"))
-            if with_values
-            else sql.SQL(""),
-            "relation": self._relation,
-            "marked": sql.SQL("NOT ({})").format(pending_condition(marked_in))
-            if marked_in
-            else sql.SQL("true"),
-            "order": self.key.columns_of("t"),
-        }
+
+        def parts() -> dict[str, sql.Composable]:  # built again for the safe read
+            return {
+                "key_text": self.key.text("t"),
+                "key_name": sql.Identifier(KEY_TEXT),
+                "version": self._version if with_values else sql.SQL("''"),
+                "version_name": sql.Identifier(VERSION),
+                "selected": sql.SQL(", {}").format(self.select_values("t"))
+                if with_values
+                else sql.SQL(""),
+                "relation": self._relation,
+                "marked": sql.SQL("NOT ({})").format(pending_condition(marked_in))
+                if marked_in
+                else sql.SQL("true"),
+                "order": self.key.columns_of("t"),
+            }
+
         yield from self._keyset_pages(template, parts, page)
 
     def _keyset_pages(
         self,
         template: str,
-        parts: dict[str, sql.Composable],
+        parts: Callable[[], dict[str, sql.Composable]],
         limit: int,
         keep: Callable[[dict[str, Any]], bool] | None = None,
     ) -> Iterator[list[SourceRow]]:
         """Run `template` a page at a time in key order: its `%s` takes the keyset condition,
         `%%(limit)s` the page size, and each row carries its key text and version under
-        KEY_TEXT and VERSION. Yields the rows `keep` keeps (it sees each record first), as
-        SourceRows; a page it keeps none of is not yielded."""
-        # Two statements rather than `(after IS NULL OR key > after)`, which a generic plan
-        # could not turn into an index range.
-        query = sql.SQL(template % "").format(**parts)
-        next_query = sql.SQL(template % "AND {after}").format(
-            **parts, after=self.key.after("t", sql.SQL("%(after)s::text"))
-        )
+        KEY_TEXT and VERSION; `parts()` gives what the template's fields stand for. Yields the
+        rows `keep` keeps (it sees each record first), as SourceRows; a page it keeps none of
+        is not yielded."""
         params: dict[str, Any] = {"limit": limit}
-        while True:
+
+        def page() -> list[dict[str, Any]]:
+            # Two statements rather than `(after IS NULL OR key > after)`, which a generic
+            # plan could not turn into an index range.
+            after = sql.SQL("AND {}").format(self.key.after("t", sql.SQL("%(after)s::text")))
+            filled = sql.SQL(template % ("{after}" if "after" in params else "")).format(
+                **parts(), after=after
+            )
             with self.conn.cursor(row_factory=dict_row) as cursor:
-                records = cursor.execute(query, params).fetchall()
+                return cursor.execute(filled, params).fetchall()
+
+        while True:
+            records = self.read_safely(page)
             if not records:
                 return
             batch = []
@@ -395,31 +460,34 @@ class SourceTable:
                 yield batch
             if len(records) < limit:
                 return
-            query = next_query
-            params = {**params, "after": key}
+            params["after"] = key
 
     def rows(self, keys: Sequence[str]) -> dict[str, SourceRow]:
         """The rows with exactly these key texts (gone ones are left out), with their text,
         payload and name columns and text version, read only; by key text."""
         if not keys:
             return {}
-        query = sql.SQL(
-            "SELECT v.k AS {key_name}, {version} AS {version_name}, {columns} "
-            "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
-        ).format(
-            key_name=sql.Identifier(KEY_TEXT),
-            version=self._version,
-            version_name=sql.Identifier(VERSION),
-            columns=self.select_values("t"),
-            relation=self._relation,
-            match=self.key.match("t", sql.SQL("v.k")),
-        )
+
+        def read() -> list[dict[str, Any]]:
+            query = sql.SQL(
+                "SELECT v.k AS {key_name}, {version} AS {version_name}, {columns} "
+                "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
+            ).format(
+                key_name=sql.Identifier(KEY_TEXT),
+                version=self._version,
+                version_name=sql.Identifier(VERSION),
+                columns=self.select_values("t"),
+                relation=self._relation,
+                match=self.key.match("t", sql.SQL("v.k")),
+            )
+            with self.conn.cursor(row_factory=dict_row) as cursor:
+                return cursor.execute(query, (list(keys),)).fetchall()
+
         found: dict[str, SourceRow] = {}
-        with self.conn.cursor(row_factory=dict_row) as cursor:
-            for record in cursor.execute(query, (list(keys),)):
-                key = record.pop(KEY_TEXT)
-                version = record.pop(VERSION)
-                found[key] = self.read_row(key, version, record)
+        for record in self.read_safely(read):
+            key = record.pop(KEY_TEXT)
+            version = record.pop(VERSION)
+            found[key] = self.read_row(key, version, record)
         return found
 
     def mark_embedded(
@@ -653,17 +721,21 @@ class SourceTable:
         (in `values`) and payload columns (rows that are gone are left out)."""
         if not keys or not self.config.payload_columns_and_name:
             return {}
-        query = sql.SQL(
-            "SELECT v.k AS {key_name}, {columns} "
-            "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
-        ).format(
-            key_name=sql.Identifier(KEY_TEXT),
-            columns=self.select_values("t", texts=False),
-            relation=self._relation,
-            match=self.key.match("t", sql.SQL("v.k")),
-        )
-        with self.conn.cursor(row_factory=dict_row) as cursor:
-            records = cursor.execute(query, (list(keys),)).fetchall()
+
+        def read() -> list[dict[str, Any]]:
+            query = sql.SQL(
+                "SELECT v.k AS {key_name}, {columns} "
+                "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
+            ).format(
+                key_name=sql.Identifier(KEY_TEXT),
+                columns=self.select_values("t", texts=False),
+                relation=self._relation,
+                match=self.key.match("t", sql.SQL("v.k")),
+            )
+            with self.conn.cursor(row_factory=dict_row) as cursor:
+                return cursor.execute(query, (list(keys),)).fetchall()
+
+        records = self.read_safely(read)
         found: dict[str, SourceRow] = {}
         for record in records:
             key = record.pop(KEY_TEXT)

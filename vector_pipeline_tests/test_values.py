@@ -291,3 +291,34 @@ def test_after_the_rendering_upgrade_only_rows_whose_text_changed_are_embedded(
     assert (upgraded.adopted, upgraded.embedded, upgraded.pending_after) == (1, 1, 0)
     assert stored(qdrant, 2)["content"] == "flag: true"
     assert sync_model(config, conn, qdrant).batches == 0
+
+
+def test_a_value_postgresql_cannot_convert_skips_only_its_row(tmp_path, schema, conn, qdrant):
+    """A user type whose cast to json refuses some values fails the statement that reads a
+    whole batch: the batch is read again converting each payload value on its own, so only
+    those rows are skipped (with PostgreSQL's reason) and reconcile still runs."""
+    mood = sql.Identifier(schema, "mood")
+    cast = sql.Identifier(schema, "mood_json")
+    conn.execute(sql.SQL("CREATE TYPE {} AS ENUM ('calm', 'cross')").format(mood))
+    conn.execute(
+        sql.SQL(
+            "CREATE FUNCTION {}(m {}) RETURNS json LANGUAGE plpgsql AS $$ BEGIN "
+            "IF m = 'cross' THEN RAISE EXCEPTION 'too cross' USING ERRCODE = '22023'; END IF; "
+            "RETURN json_build_object('mood', m::text); END $$"
+        ).format(cast, mood)
+    )
+    conn.execute(sql.SQL("CREATE CAST ({} AS json) WITH FUNCTION {}({})").format(mood, cast, mood))
+    config = value_table(tmp_path, schema, conn, f'"{schema}".mood', template="{label}")
+    for row_id, value in enumerate(["calm", "calm", "cross", "calm", "cross"], start=1):
+        insert(conn, schema, row_id, f"row {row_id}", value)
+
+    result = sync_model(config, conn, qdrant, batch_size=3)
+    assert (result.embedded, result.skipped, result.pending_after) == (3, 2, 0)
+    assert stored(qdrant, 4)["meta_data"]["v"] == {"mood": "calm"}
+    source = SourceTable.for_config(conn, config, config.tables.tables[0])
+    reason = "payload column 'v' cannot be converted to JSON (too cross)"
+    assert {key: why for _, key, why, _ in source.skipped_rows()} == {"3": reason, "5": reason}
+    # Read by key, too, and by reconcile.
+    assert source.rows(["3", "1"])["3"].problem == reason
+    report = reconcile(conn, qdrant, config.tables.tables[0], schema, COLLECTION)
+    assert (report.missing_count, report.stale_count, report.orphan_count) == (0, 0, 0)
