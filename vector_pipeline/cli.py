@@ -76,6 +76,7 @@ _KNOWN_ERRORS = (
     ForeignPointsError,
     DatabaseError,
     QdrantStorageError,
+    locations.MissingSettingError,
 )
 
 
@@ -153,8 +154,10 @@ def _on_wait(message: str) -> None:
 
 
 @contextmanager
-def _database() -> Iterator[Any]:
-    with open_database(locations.database_url(), on_wait=_on_wait) as conn:
+def _database(*, start_embedded: bool = False) -> Iterator[Any]:
+    # Only the demo commands may start the embedded PostgreSQL (see locations.database_url).
+    url = locations.database_url(start_embedded=start_embedded)
+    with open_database(url, on_wait=_on_wait) as conn:
         yield conn
 
 
@@ -199,7 +202,7 @@ def seed_demo_command(state: _State, reset: bool, articles: int, hadiths: int) -
     """Create and fill the demo tables `article` and `hadith`, then run init-db."""
     from vector_pipeline.demo_data import seed_demo
 
-    with _database() as conn:
+    with _database(start_embedded=True) as conn:
         inserted = seed_demo(
             conn, state.config.tables.schema_, articles=articles, hadiths=hadiths, reset=reset
         )
@@ -822,7 +825,7 @@ def dev(state: _State, dagster_args: tuple[str, ...]) -> None:
     dagster_home.mkdir(parents=True, exist_ok=True)
     # DAGSTER_HOME must hold dagster.yaml; copy the project's so there is one file to edit.
     shutil.copyfile(project_root / "dagster.yaml", dagster_home / "dagster.yaml")
-    database_url = locations.database_url()
+    database_url = locations.database_url(start_embedded=True)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

@@ -1,8 +1,12 @@
 """Where the source database and the vector store live, from the environment.
 
-`DATABASE_URL` names PostgreSQL; without it an embedded server is started under the state
-folder, so the demo needs nothing installed by hand. `QDRANT_URL` (and `QDRANT_API_KEY`) name a
-Qdrant server; without them Qdrant runs in local mode under the state folder or `QDRANT_PATH`.
+`DATABASE_URL` names PostgreSQL. Without it, only the demo and dev commands start an embedded
+server under the state folder, so the demo needs nothing installed by hand; everything else uses
+that server only if it is already there, and otherwise fails naming the variable: a worker
+deployed without its settings must not sync into a private, empty database.
+
+`QDRANT_URL` (and `QDRANT_API_KEY`) name a Qdrant server; without them Qdrant runs in local mode
+under the state folder or `QDRANT_PATH`.
 """
 
 from __future__ import annotations
@@ -24,12 +28,33 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".vector_pipeline").absolute()
 
 
-def database_url() -> str:
-    """`$DATABASE_URL`, else the URI of the embedded PostgreSQL (started if it is not running)."""
+class MissingSettingError(RuntimeError):
+    """A setting is unset that only the demo may do without; the message names the variable."""
+
+
+def database_url(*, start_embedded: bool = False) -> str:
+    """`$DATABASE_URL`; else the URI of the embedded PostgreSQL under the state folder, started
+    if it is not running, when `start_embedded` (the demo and dev commands) or when a demo
+    already created it there.
+
+    Raises MissingSettingError (one line, naming DATABASE_URL and how to set it) otherwise.
+    """
     configured = os.environ.get("DATABASE_URL")
     if configured:
         return configured
-    return embedded_database_url()
+    if start_embedded or embedded_database_exists():
+        return embedded_database_url()
+    raise MissingSettingError(
+        "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
+        "(only `vector-pipeline demo`, `seed-demo` and `dev` start an embedded PostgreSQL, "
+        f"under {state_dir() / 'postgres'})"
+    )
+
+
+def embedded_database_exists() -> bool:
+    """Whether the state folder holds the embedded server's data (running or not)."""
+    # PG_VERSION is written by initdb, so a half-created folder does not count.
+    return (state_dir() / "postgres" / "PG_VERSION").is_file()
 
 
 def _embedded_server(cleanup_mode: str | None) -> Any:
@@ -45,6 +70,7 @@ def _embedded_server(cleanup_mode: str | None) -> Any:
 
 
 def embedded_database_url() -> str:
+    """The URI of the embedded PostgreSQL under the state folder, created and started if need be."""
     # cleanup_mode=None: the server outlives this process, so the CLI, Dagster's webserver,
     # daemon and run workers all share one server.
     return _embedded_server(cleanup_mode=None).get_uri()

@@ -20,7 +20,11 @@ from vector_pipeline.vector_store import open_qdrant
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """The source database: `database_url`, else $DATABASE_URL, else the embedded server."""
+    """The source database: `database_url`, else $DATABASE_URL (`vector-pipeline dev` sets it).
+
+    Without either it uses the embedded server only if a demo created it under the state folder;
+    otherwise it fails naming DATABASE_URL, so a worker missing its settings syncs nothing.
+    """
 
     database_url: str | None = None
 
