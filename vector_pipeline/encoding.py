@@ -25,6 +25,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from vector_pipeline.points import table_filter
+from vector_pipeline.qdrant_retry import retry_write
 from vector_pipeline.sparse import Bm25, SparseSettings
 from vector_pipeline.vector_store import SPARSE
 
@@ -112,7 +113,12 @@ def reencode(qdrant: QdrantClient, collection: str, table: str, settings: Sparse
                 )
             )
         if updates:
-            qdrant.update_vectors(collection, points=updates, wait=True)
+            retry_write(  # the same vectors again: safe to resend
+                f"sparse vector update of {len(updates)} points in {collection}",
+                lambda updates=updates: qdrant.update_vectors(
+                    collection, points=updates, wait=True
+                ),
+            )
             changed += len(updates)
         if offset is None:
             break

@@ -14,6 +14,7 @@ from qdrant_client import QdrantClient, models
 
 from vector_pipeline.database import usable
 from vector_pipeline.points import existing_row_points, payload_fields
+from vector_pipeline.qdrant_retry import retry_write
 from vector_pipeline.source import SourceTable
 
 
@@ -55,7 +56,11 @@ def refresh_payloads(
                     )
                 )
         if operations:
-            qdrant.batch_update_points(collection, operations, wait=True)
+            # Setting the same values again is harmless, so a passing failure is retried.
+            retry_write(
+                f"payload update of {len(operations)} operations in {collection}",
+                lambda: qdrant.batch_update_points(collection, operations, wait=True),
+            )
     finally:
         if usable(source.conn):  # else the claims went with the session
             source.claims.release(collection, claimed)

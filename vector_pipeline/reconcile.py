@@ -47,7 +47,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
-from qdrant_client import QdrantClient, models
+from qdrant_client import QdrantClient
 
 from vector_pipeline.config import TableConfig
 from vector_pipeline.database_setup import pending_condition
@@ -66,7 +66,7 @@ from vector_pipeline.points import (
 )
 from vector_pipeline.source import KEY_TEXT, SourceRow, SourceTable
 from vector_pipeline.store_state import StoreState
-from vector_pipeline.vector_store import refuse_foreign_points
+from vector_pipeline.vector_store import delete_points, refuse_foreign_points
 
 SAMPLE_LIMIT = 1000  # keys kept per kind in a report; the counts are always exact
 FETCH_ROWS = 2000  # rows per round trip of the server-side cursor
@@ -434,7 +434,7 @@ def _delete_orphans(
         gone, back = _still_orphans(source, qdrant, collection, chunk)
         kept += back
         if gone:
-            qdrant.delete(collection, points_selector=models.PointIdsList(points=gone), wait=True)
+            delete_points(qdrant, collection, gone)
             deleted += len(gone)
     return deleted, kept
 

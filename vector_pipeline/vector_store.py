@@ -24,6 +24,7 @@ from qdrant_client import QdrantClient, models
 from vector_pipeline.failpoints import failpoint
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.messages import shorten
+from vector_pipeline.qdrant_retry import retry_write
 from vector_pipeline.sparse import SparseVector
 
 DENSE = "dense"
@@ -236,33 +237,41 @@ UPSERT_CHUNK = 128
 
 
 def upsert_points(client: QdrantClient, collection: str, points: Sequence[PointData]) -> None:
-    """Write points and wait until Qdrant has applied them, so marking rows after is safe."""
+    """Write points and wait until Qdrant has applied them, so marking rows after is safe.
+
+    A chunk that fails for a passing reason is sent again (see qdrant_retry.retry_write).
+    """
     for start in range(0, len(points), UPSERT_CHUNK):
         if start:
             failpoint("between_upsert_chunks")
-        client.upsert(
-            collection,
-            points=[
-                models.PointStruct(
-                    id=point.id,
-                    vector={
-                        DENSE: list(point.dense),
-                        SPARSE: models.SparseVector(
-                            indices=point.sparse.indices, values=point.sparse.values
-                        ),
-                    },
-                    payload=point.payload,
-                )
-                for point in points[start : start + UPSERT_CHUNK]
-            ],
-            wait=True,
+        chunk = [
+            models.PointStruct(
+                id=point.id,
+                vector={
+                    DENSE: list(point.dense),
+                    SPARSE: models.SparseVector(
+                        indices=point.sparse.indices, values=point.sparse.values
+                    ),
+                },
+                payload=point.payload,
+            )
+            for point in points[start : start + UPSERT_CHUNK]
+        ]
+        # Retried per chunk: the points are the same each time, so a resend overwrites.
+        retry_write(
+            f"upsert of {len(chunk)} points into {collection}",
+            lambda chunk=chunk: client.upsert(collection, points=chunk, wait=True),
         )
 
 
 def delete_points(client: QdrantClient, collection: str, ids: Sequence[str]) -> None:
-    """Delete points by id and wait until Qdrant has applied it."""
+    """Delete points by id and wait until Qdrant has applied it; retried like an upsert."""
     if ids:
-        client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+        selector = models.PointIdsList(points=list(ids))
+        retry_write(
+            f"delete of {len(ids)} points from {collection}",
+            lambda: client.delete(collection, points_selector=selector, wait=True),
+        )
 
 
 @dataclass(frozen=True)
