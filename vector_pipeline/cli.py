@@ -76,7 +76,7 @@ _KNOWN_ERRORS = (
     ForeignPointsError,
     DatabaseError,
     QdrantStorageError,
-    locations.MissingSettingError,
+    locations.SettingError,
 )
 
 

@@ -28,8 +28,9 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".vector_pipeline").absolute()
 
 
-class MissingSettingError(RuntimeError):
-    """A setting is unset that only the demo may do without; the message names the variable."""
+class SettingError(RuntimeError):
+    """A setting from the environment is missing (where only the demo may do without it) or
+    unusable; the one-line message names the variable."""
 
 
 def database_url(*, start_embedded: bool = False) -> str:
@@ -37,14 +38,14 @@ def database_url(*, start_embedded: bool = False) -> str:
     if it is not running, when `start_embedded` (the demo and dev commands) or when a demo
     already created it there.
 
-    Raises MissingSettingError (one line, naming DATABASE_URL and how to set it) otherwise.
+    Raises SettingError (one line, naming DATABASE_URL and how to set it) otherwise.
     """
     configured = os.environ.get("DATABASE_URL")
     if configured:
         return configured
     if start_embedded or embedded_database_exists():
         return embedded_database_url()
-    raise MissingSettingError(
+    raise SettingError(
         "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
         "(only `vector-pipeline demo`, `seed-demo` and `dev` start an embedded PostgreSQL, "
         f"under {state_dir() / 'postgres'})"
@@ -93,11 +94,18 @@ def stop_embedded_database() -> bool:
 
 @dataclass(frozen=True)
 class QdrantLocation:
-    """A Qdrant server (`url`, optional `api_key`) or a local-mode storage folder (`path`)."""
+    """A Qdrant server (`url`, optional `api_key`) or a local-mode storage folder (`path`).
+
+    For a server: `timeout` in seconds per request and `prefer_grpc` (gRPC on `grpc_port` for
+    point operations, REST for the rest); TLS is the URL's scheme (`https://`).
+    """
 
     url: str | None = None
     api_key: str | None = None
     path: str | None = None
+    timeout: int = 60
+    prefer_grpc: bool = False
+    grpc_port: int = 6334
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.path is None):
@@ -115,10 +123,44 @@ def qdrant_api_key() -> str | None:
     return os.environ.get("QDRANT_API_KEY") or None
 
 
+def _flag(name: str) -> bool | None:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingError(f"{name} must be true or false, not {raw!r}")
+
+
+def positive_int(name: str, default: int) -> int:
+    """The whole number in `$name` (at least 1), else `default`; a bad value fails naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingError(f"{name} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
+
+
+def qdrant_server(url: str) -> QdrantLocation:
+    """The server at `url` with $QDRANT_API_KEY and the client options from the environment:
+    $QDRANT_TIMEOUT (seconds, default 60), $QDRANT_PREFER_GRPC (true/false), $QDRANT_GRPC_PORT
+    (default 6334). TLS follows the URL's scheme (qdrant-client ignores `https` given a URL)."""
+    return QdrantLocation(
+        url=url,
+        api_key=qdrant_api_key(),
+        timeout=positive_int("QDRANT_TIMEOUT", 60),
+        prefer_grpc=bool(_flag("QDRANT_PREFER_GRPC")),
+        grpc_port=positive_int("QDRANT_GRPC_PORT", 6334),
+    )
+
+
 def qdrant_location() -> QdrantLocation:
     url = os.environ.get("QDRANT_URL")
     if url:
-        return QdrantLocation(url=url, api_key=qdrant_api_key())
+        return qdrant_server(url)
     path = os.environ.get("QDRANT_PATH") or str(state_dir() / "qdrant")
     return QdrantLocation(path=path)
 

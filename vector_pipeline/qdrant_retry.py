@@ -18,6 +18,7 @@ import tenacity
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from vector_pipeline.locations import SettingError, positive_int
 from vector_pipeline.messages import first_line
 
 log = logging.getLogger("vector_pipeline.vector_store")  # managed in dagster.yaml's run log
@@ -51,16 +52,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _setting(name: str, default: float, cast: Callable[[str], float]) -> float:
-    raw = os.environ.get(name)
+def _first_wait() -> float:
+    raw = os.environ.get(FIRST_WAIT_ENV, "").strip()
     if not raw:
-        return default
+        return DEFAULT_FIRST_WAIT
     try:
-        value = cast(raw)
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number, not {raw!r}") from None
-    if value < 0 or (cast is int and value < 1):
-        raise ValueError(f"{name} must be {'at least 1' if cast is int else '0 or more'}")
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise SettingError(f"{FIRST_WAIT_ENV} must be a number of seconds, 0 or more, not {raw!r}")
     return value
 
 
@@ -86,13 +87,17 @@ def retry_write(what: str, write: Callable[[], T]) -> T:
     `what` names the write in the warning logged before each wait, e.g. "upsert of 128 points
     into docs". The last failure, or any failure that is not transient, is raised as it is.
     """
-    attempts = int(_setting(ATTEMPTS_ENV, DEFAULT_ATTEMPTS, int))
-    first = _setting(FIRST_WAIT_ENV, DEFAULT_FIRST_WAIT, float)
+    attempts = positive_int(ATTEMPTS_ENV, DEFAULT_ATTEMPTS)
+    first = _first_wait()
 
     def warn(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ResponseHandlingException):
             exc = exc.source  # the wrapper has no message of its own
+        reason = first_line(exc) if exc is not None else "?"
+        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+        if callable(code) and callable(details):  # gRPC: its first line says nothing useful
+            reason = f"gRPC {getattr(code(), 'name', code())}: {first_line(Exception(details()))}"
         waits = state.upcoming_sleep
         log.warning(
             "Qdrant %s failed (attempt %d of %d: %s); waiting %.1f s for Qdrant to recover "
@@ -100,7 +105,7 @@ def retry_write(what: str, write: Callable[[], T]) -> T:
             what,
             state.attempt_number,
             attempts,
-            first_line(exc) if exc is not None else "?",
+            reason,
             waits,
         )
 

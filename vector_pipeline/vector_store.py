@@ -22,7 +22,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from vector_pipeline.failpoints import failpoint
-from vector_pipeline.locations import QdrantLocation
+from vector_pipeline.locations import QdrantLocation, positive_int
 from vector_pipeline.messages import shorten
 from vector_pipeline.qdrant_retry import retry_write
 from vector_pipeline.sparse import SparseVector
@@ -106,7 +106,13 @@ def open_qdrant(
     saying so through `on_wait` (or, with `wait=False`, raises QdrantBusyError). A folder that
     cannot be used raises QdrantStorageError."""
     if location.url:
-        client = QdrantClient(url=location.url, api_key=location.api_key, timeout=60)
+        client = QdrantClient(
+            url=location.url,
+            api_key=location.api_key,
+            timeout=location.timeout,
+            prefer_grpc=location.prefer_grpc,
+            grpc_port=location.grpc_port,
+        )
         try:
             yield client
         finally:
@@ -232,16 +238,19 @@ class PointData:
 
 
 # Points per upsert request: keeps a request of 1536-d vectors with long texts in payload well
-# under a server's request size limit.
+# under a server's request size limit (32 MiB by default).
+UPSERT_CHUNK_ENV = "VECTOR_PIPELINE_QDRANT_UPSERT_CHUNK"
 UPSERT_CHUNK = 128
 
 
 def upsert_points(client: QdrantClient, collection: str, points: Sequence[PointData]) -> None:
     """Write points and wait until Qdrant has applied them, so marking rows after is safe.
 
-    A chunk that fails for a passing reason is sent again (see qdrant_retry.retry_write).
+    Sent in chunks of $VECTOR_PIPELINE_QDRANT_UPSERT_CHUNK points (default 128); a chunk that
+    fails for a passing reason is sent again (see qdrant_retry.retry_write).
     """
-    for start in range(0, len(points), UPSERT_CHUNK):
+    size = positive_int(UPSERT_CHUNK_ENV, UPSERT_CHUNK)
+    for start in range(0, len(points), size):
         if start:
             failpoint("between_upsert_chunks")
         chunk = [
@@ -255,7 +264,7 @@ def upsert_points(client: QdrantClient, collection: str, points: Sequence[PointD
                 },
                 payload=point.payload,
             )
-            for point in points[start : start + UPSERT_CHUNK]
+            for point in points[start : start + size]
         ]
         # Retried per chunk: the points are the same each time, so a resend overwrites.
         retry_write(

@@ -13,8 +13,10 @@ Qdrant's own success body. It speaks just enough of the protocol for point write
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +28,13 @@ COMPLETED = {"result": {"operation_id": 1, "status": "completed"}, "status": "ok
 
 @dataclass(frozen=True)
 class Reply:
-    """One scripted answer: an HTTP status (with headers), or `drop` the connection unanswered."""
+    """One scripted answer: an HTTP status (with headers), maybe after `delay` seconds, or
+    `drop` the connection unanswered."""
 
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     drop: bool = False
+    delay: float = 0.0  # seconds before answering, as an overloaded server
 
 
 @dataclass(frozen=True)
@@ -97,15 +101,24 @@ class ScriptedQdrant:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"null")
                 reply = server._next(Request(self.command, self.path, body))
+                if reply.delay:
+                    time.sleep(reply.delay)  # the fault itself, not a wait for the test's sake
                 if reply.drop:
                     self.close_connection = True
                     self.connection.close()  # no answer at all, as a server that died
                     return
-                if reply.status == 200:
-                    self._answer(200, COMPLETED)
-                else:
-                    error = {"status": {"error": f"scripted {reply.status}"}, "time": 0}
-                    self._answer(reply.status, error, reply.headers)
+                try:
+                    if reply.status == 200:
+                        self._answer(200, COMPLETED)
+                    else:
+                        error = {"status": {"error": f"scripted {reply.status}"}, "time": 0}
+                        self._answer(reply.status, error, reply.headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped waiting (its timeout): what is being tested
+
+            def do_GET(self) -> None:  # the client's version check: a server of its own version
+                version = importlib.metadata.version("qdrant-client")
+                self._answer(200, {"title": "qdrant - vector search engine", "version": version})
 
             do_PUT = _write
             do_POST = _write

@@ -29,7 +29,7 @@ def test_embedded_postgres_starts_only_when_asked_is_reused_and_stops(tmp_path, 
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv(locations.STATE_DIR_ENV, str(tmp_path / "state"))
     pgdata = tmp_path / "state" / "postgres"
-    with pytest.raises(locations.MissingSettingError) as missing:
+    with pytest.raises(locations.SettingError) as missing:
         locations.database_url()
     assert str(missing.value) == f"{MISSING}{pgdata})"
     assert not pgdata.exists()  # nothing was started or created
@@ -67,10 +67,10 @@ def test_dagster_run_without_database_url_fails_naming_it(
     assert not result.success
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     error = failure.step_failure_data.error.cause  # Dagster wraps what the step raised
-    assert error.cls_name == "MissingSettingError"
+    assert error.cls_name == "SettingError"
     worker_pgdata = tmp_path / "worker" / "postgres"
     assert error.message.strip() == (
-        f"vector_pipeline.locations.MissingSettingError: {MISSING}{worker_pgdata})"
+        f"vector_pipeline.locations.SettingError: {MISSING}{worker_pgdata})"
     )
     assert not (tmp_path / "worker").exists()  # no private, empty database was started
 

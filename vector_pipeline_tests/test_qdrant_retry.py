@@ -1,18 +1,28 @@
-"""Qdrant writes are sent again after a passing failure (503, 429, a dropped connection), never
-after a refusal (400), through the real qdrant-client talking HTTP to a scripted server."""
+"""Qdrant writes are sent again after a passing failure (503, 429, a dropped connection, a
+timeout), never after a refusal (400), and the client options come from the environment: all
+through the real qdrant-client talking to a scripted server on loopback."""
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from vector_pipeline.locations import SettingError, qdrant_location
 from vector_pipeline.qdrant_retry import ATTEMPTS_ENV, FIRST_WAIT_ENV
 from vector_pipeline.sparse import SparseVector
-from vector_pipeline.vector_store import PointData, delete_points, upsert_points
+from vector_pipeline.vector_store import (
+    UPSERT_CHUNK_ENV,
+    PointData,
+    delete_points,
+    open_qdrant,
+    upsert_points,
+)
 from vector_pipeline_tests.qdrant_server import Reply, ScriptedQdrant
 
 UPSERT = ("PUT", "/collections/docs/points?wait=true")
@@ -99,11 +109,87 @@ def test_attempts_are_bounded_and_the_last_failure_is_raised(server, client, mon
     assert len(retry_warnings(caplog)) == 2
 
 
-def test_a_bad_attempts_setting_is_one_clear_line(server, client, monkeypatch):
+def test_bad_retry_settings_are_one_clear_line(server, client, monkeypatch):
     monkeypatch.setenv(ATTEMPTS_ENV, "many")
-    with pytest.raises(ValueError, match=f"^{ATTEMPTS_ENV} must be a number, not 'many'$"):
+    with pytest.raises(SettingError) as bad:
         upsert_points(client, "docs", points())
+    assert str(bad.value) == f"{ATTEMPTS_ENV} must be a whole number of at least 1, not 'many'"
     monkeypatch.setenv(ATTEMPTS_ENV, "0")
-    with pytest.raises(ValueError, match=f"^{ATTEMPTS_ENV} must be at least 1$"):
+    with pytest.raises(SettingError, match=f"^{ATTEMPTS_ENV} must be a whole number"):
         upsert_points(client, "docs", points())
+    monkeypatch.setenv(ATTEMPTS_ENV, "2")
+    monkeypatch.setenv(FIRST_WAIT_ENV, "-1")
+    with pytest.raises(SettingError) as bad:
+        upsert_points(client, "docs", points())
+    assert str(bad.value) == f"{FIRST_WAIT_ENV} must be a number of seconds, 0 or more, not '-1'"
     assert server.writes == []
+
+
+# --- client options from the environment, as `vector-pipeline` and Dagster open the client ---
+
+
+@pytest.fixture
+def server_env(server, monkeypatch) -> ScriptedQdrant:
+    monkeypatch.setenv("QDRANT_URL", server.url)
+    monkeypatch.delenv("QDRANT_API_KEY", raising=False)
+    for name in ("QDRANT_TIMEOUT", "QDRANT_PREFER_GRPC", "QDRANT_GRPC_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(UPSERT_CHUNK_ENV, raising=False)
+    return server
+
+
+def test_upsert_chunk_size_from_the_environment(server_env, monkeypatch):
+    monkeypatch.setenv(UPSERT_CHUNK_ENV, "1")
+    with open_qdrant(qdrant_location()) as client:
+        upsert_points(client, "docs", points())
+    assert [[p["id"] for p in w.body["points"]] for w in server_env.writes] == [[i] for i in IDS]
+
+
+def test_a_request_slower_than_qdrant_timeout_is_cut_and_sent_again(
+    server_env, monkeypatch, caplog
+):
+    monkeypatch.setenv("QDRANT_TIMEOUT", "1")
+    server_env.script(Reply(delay=3))
+    with (
+        caplog.at_level(logging.WARNING, logger="vector_pipeline.vector_store"),
+        open_qdrant(qdrant_location()) as client,
+    ):
+        upsert_points(client, "docs", points())
+    assert len(server_env.writes) == 2
+    (warning,) = retry_warnings(caplog)
+    assert "(attempt 1 of 5: timed out); waiting " in warning
+
+
+def test_prefer_grpc_sends_points_over_grpc_and_its_unavailability_is_retried(
+    server_env, monkeypatch, caplog
+):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    monkeypatch.setenv("QDRANT_PREFER_GRPC", "true")
+    monkeypatch.setenv("QDRANT_GRPC_PORT", str(free_port))
+    monkeypatch.setenv(ATTEMPTS_ENV, "2")
+    with (
+        caplog.at_level(logging.WARNING, logger="vector_pipeline.vector_store"),
+        open_qdrant(qdrant_location()) as client,
+        pytest.raises(grpc.RpcError) as failed,
+    ):
+        upsert_points(client, "docs", points())
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server_env.writes == []  # nothing went over REST
+    (warning,) = retry_warnings(caplog)
+    assert "(attempt 1 of 2: gRPC UNAVAILABLE: " in warning
+
+
+def test_bad_client_options_are_named(server_env, monkeypatch):
+    monkeypatch.setenv("QDRANT_PREFER_GRPC", "maybe")
+    with pytest.raises(SettingError) as bad:
+        qdrant_location()
+    assert str(bad.value) == "QDRANT_PREFER_GRPC must be true or false, not 'maybe'"
+    monkeypatch.setenv("QDRANT_PREFER_GRPC", "false")
+    monkeypatch.setenv("QDRANT_TIMEOUT", "soon")
+    with pytest.raises(SettingError) as bad:
+        qdrant_location()
+    assert str(bad.value) == "QDRANT_TIMEOUT must be a whole number of at least 1, not 'soon'"
+    monkeypatch.setenv("QDRANT_TIMEOUT", "7")
+    assert qdrant_location().timeout == 7

@@ -36,14 +36,15 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class QdrantResource(dg.ConfigurableResource):
-    """Qdrant: `url` (+ $QDRANT_API_KEY) or local-mode `path`, else $QDRANT_URL / $QDRANT_PATH."""
+    """Qdrant: `url` (+ $QDRANT_API_KEY and the client options of `locations.qdrant_server`) or
+    local-mode `path`, else $QDRANT_URL / $QDRANT_PATH."""
 
     url: str | None = None
     path: str | None = None
 
     def location(self) -> locations.QdrantLocation:
         if self.url:
-            return locations.QdrantLocation(url=self.url, api_key=locations.qdrant_api_key())
+            return locations.qdrant_server(self.url)
         if self.path:
             return locations.QdrantLocation(path=self.path)
         return locations.qdrant_location()
