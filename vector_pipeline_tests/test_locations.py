@@ -4,6 +4,7 @@ nothing else starts), and the Qdrant location from the environment."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +18,8 @@ from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
 from vector_pipeline_tests.conftest import write_config
 
-SHIPPED_TABLES = Path(__file__).resolve().parents[1] / "config" / "tables.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_TABLES = REPO_ROOT / "config" / "tables.yaml"
 
 MISSING = (
     "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
@@ -120,5 +122,34 @@ def test_seed_demo_starts_the_embedded_server_and_later_commands_reuse_it(tmp_pa
         totals = {(row["table"], row["model"]): row["total"] for row in json.loads(status.output)}
         assert totals[("article", "det_a")] == 3
         assert totals[("hadith", "det_a")] == 2
+    finally:
+        assert locations.stop_embedded_database() is True
+
+
+def test_dev_starts_the_embedded_server_and_hands_dagster_its_url(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_PG_URL", raising=False)
+    monkeypatch.setenv(locations.STATE_DIR_ENV, str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)  # dev changes into DAGSTER_HOME; monkeypatch changes back
+    launched: list[dict[str, str]] = []
+
+    class Exec(Exception):
+        pass
+
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        launched.append(dict(env))
+        raise Exec  # where the real one would become dagster dev
+
+    monkeypatch.setattr(os, "execve", execve)
+    try:
+        result = CliRunner().invoke(main, ["--config-dir", str(REPO_ROOT / "config"), "dev"])
+        assert isinstance(result.exception, Exec), result.output
+        (env,) = launched
+        assert str(tmp_path / "state" / "postgres") in env["DATABASE_URL"]
+        with psycopg.connect(env["DATABASE_URL"]) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        # Dagster's storage: a `dagster` database on that same embedded server.
+        assert env["DAGSTER_PG_URL"].startswith("postgresql+psycopg2://postgres:@/dagster?host=")
+        assert str(tmp_path / "state" / "postgres").replace("/", "%2F") in env["DAGSTER_PG_URL"]
     finally:
         assert locations.stop_embedded_database() is True
