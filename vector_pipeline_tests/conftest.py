@@ -3,6 +3,7 @@ a local-mode Qdrant folder. Everything is real; only paid APIs are faked, over l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import textwrap
@@ -14,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from vector_pipeline.config import ProjectConfig, load_config
 from vector_pipeline.database_setup import setup_database
@@ -227,3 +228,54 @@ def api_project(
     )
     setup_database(conn, config)
     return config
+
+
+# -- shared checks ---------------------------------------------------------------------------
+
+
+def reference_point_id(data_type: str, row_id: object, collection: str) -> str:
+    """The point id the reference design gives a row, written out here on its own (not through
+    vector_pipeline.points) so that tests check the engine against it: the UUID form of
+    md5("{data_type}_{row_id}_{collection}")."""
+    digest = hashlib.md5(f"{data_type}_{row_id}_{collection}".encode()).hexdigest()
+    return str(uuid.UUID(digest))
+
+
+def _marked_where(table: sql.Identifier, exactly: bool) -> sql.Composed:
+    # `@>`: the collection is listed; `=`: it is the only entry, listed once.
+    test = "embedded_in = %s::jsonb" if exactly else "embedded_in @> %s::jsonb"
+    return sql.SQL("FROM {} WHERE " + test).format(table)
+
+
+def marked_count(
+    conn: psycopg.Connection,
+    schema: str,
+    collection: str,
+    *,
+    table: str = "doc",
+    exactly: bool = False,
+) -> int:
+    """How many rows of `schema.table` are marked embedded in `collection` (their
+    `embedded_in` lists it; with `exactly`, lists it alone and once)."""
+    query = sql.SQL("SELECT count(*) ") + _marked_where(sql.Identifier(schema, table), exactly)
+    return conn.execute(query, (json.dumps([collection]),)).fetchone()[0]
+
+
+def marked_ids(
+    conn: psycopg.Connection, schema: str, collection: str, *, table: str = "doc"
+) -> set[Any]:
+    """The `id` of every row of `schema.table` whose `embedded_in` lists `collection`."""
+    query = sql.SQL("SELECT id ") + _marked_where(sql.Identifier(schema, table), False)
+    return {row_id for (row_id,) in conn.execute(query, (json.dumps([collection]),))}
+
+
+def all_points(qdrant: QdrantClient, collection: str, **options: Any) -> list[models.Record]:
+    """Every point of `collection`, scrolled page by page; `options` go to each scroll call
+    (e.g. with_payload=True, with_vectors=True)."""
+    points: list[models.Record] = []
+    offset = None
+    while True:
+        page, offset = qdrant.scroll(collection, limit=500, offset=offset, **options)
+        points.extend(page)
+        if offset is None:
+            return points

@@ -40,7 +40,13 @@ from vector_pipeline.vector_store import (
     ForeignPointsError,
     open_qdrant,
 )
-from vector_pipeline_tests.conftest import API_KEY_VARIABLE, sync_model, write_config
+from vector_pipeline_tests.conftest import (
+    API_KEY_VARIABLE,
+    marked_count,
+    reference_point_id,
+    sync_model,
+    write_config,
+)
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
 KEY = "sk-adoption-test"
@@ -141,7 +147,7 @@ def _close(store: Any) -> None:
 
 
 def _formula(row_id: int) -> str:
-    return str(uuid.UUID(hashlib.md5(f"ARTICLE_{row_id}_{COLLECTION}".encode()).hexdigest()))
+    return reference_point_id("ARTICLE", row_id, COLLECTION)
 
 
 def reference_worker(
@@ -190,12 +196,7 @@ def _texts(conn: psycopg.Connection, schema: str, null_as: str = "") -> dict[int
 
 
 def _marked(conn: psycopg.Connection, schema: str) -> int:
-    return conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-            sql.Identifier(schema, "article")
-        ),
-        (json.dumps([COLLECTION]),),
-    ).fetchone()[0]
+    return marked_count(conn, schema, COLLECTION, table="article")
 
 
 def _assert_exact(qdrant: QdrantClient, conn: psycopg.Connection, schema: str, null_as: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from psycopg import sql
 
 from vector_pipeline.embedders import EmbeddingError
 from vector_pipeline.embedders.rate_limit import RateLimiter, parse_reset
@@ -14,6 +13,7 @@ from vector_pipeline_tests.conftest import (
     API_KEY_VARIABLE,
     api_project,
     create_doc_table,
+    marked_count,
     sync_model,
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
@@ -35,13 +35,7 @@ def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
 
     assert (result.embedded, points, requests) == (160, 160, 16)
     assert peak == in_flight  # used, and never exceeded
-    (once,) = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in = %s::jsonb").format(
-            sql.Identifier(schema, "doc")
-        ),
-        (f'["{result.collection}"]',),
-    ).fetchone()
-    assert once == 160
+    assert marked_count(conn, schema, result.collection, exactly=True) == 160
 
 
 def test_a_persistent_fault_with_requests_in_flight_marks_only_written_rows(

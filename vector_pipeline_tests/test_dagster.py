@@ -14,6 +14,7 @@ from psycopg import sql
 from vector_pipeline.config import ConfigError, collection_name_for, load_config
 from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
+from vector_pipeline_tests.conftest import marked_count
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,13 +57,7 @@ def test_materializing_one_partition_syncs_that_model(project, database_url, qdr
     assert marked == (120, 120)
     # The other partition's collection was not touched.
     other = collection_name_for("test", "det-a")
-    (untouched,) = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-            sql.Identifier(project.tables.schema_, "doc")
-        ),
-        (f'["{other}"]',),
-    ).fetchone()
-    assert untouched == 0
+    assert marked_count(conn, project.tables.schema_, other) == 0
 
 
 def test_the_shipped_workspace_loads_in_dagster(dagster_storage_url):
@@ -161,13 +156,7 @@ def test_workers_run_as_separate_processes_under_the_multiprocess_executor(
     assert len(pids) == 2 and os.getpid() not in pids  # a process per worker step
     assert materialization.metadata["rows_embedded"].value == 120
     collection = collection_name_for("test", "det-b")
-    (marked,) = conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-            sql.Identifier(project.tables.schema_, "doc")
-        ),
-        (f'["{collection}"]',),
-    ).fetchone()
-    assert marked == 120
+    assert marked_count(conn, project.tables.schema_, collection) == 120
 
 
 @pytest.mark.parametrize(

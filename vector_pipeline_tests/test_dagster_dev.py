@@ -26,7 +26,7 @@ from psycopg import sql
 
 from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.conftest import create_doc_table, marked_count, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,12 +128,7 @@ class DagsterDev:
 
     def marked(self, collection: str, table: str = "doc") -> int:
         with psycopg.connect(self.database_url) as conn:
-            return conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-                    sql.Identifier(self.schema, table)
-                ),
-                (json.dumps([collection]),),
-            ).fetchone()[0]
+            return marked_count(conn, self.schema, collection, table=table)
 
 
 @pytest.fixture(scope="module")

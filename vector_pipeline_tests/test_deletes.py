@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-
 import psycopg
 import pytest
 from psycopg import sql
@@ -13,7 +10,7 @@ from qdrant_client import QdrantClient
 from vector_pipeline.config import ProjectConfig
 from vector_pipeline.deletes import _lock_key
 from vector_pipeline.sync import SyncResult
-from vector_pipeline_tests.conftest import sync_model
+from vector_pipeline_tests.conftest import all_points, reference_point_id, sync_model
 
 COLLECTIONS = ("test_det-a_hybrid", "test_det-b_hybrid")
 
@@ -23,16 +20,11 @@ def sync(project: ProjectConfig, conn, qdrant, model: str) -> SyncResult:
 
 
 def point_ids(qdrant: QdrantClient, collection: str) -> set[str]:
-    points, offset = [], None
-    while True:
-        page, offset = qdrant.scroll(collection, limit=500, offset=offset)
-        points.extend(str(p.id) for p in page)
-        if offset is None:
-            return set(points)
+    return {str(p.id) for p in all_points(qdrant, collection)}
 
 
 def pid(row_id: int, collection: str) -> str:
-    return str(uuid.UUID(hashlib.md5(f"DOC_{row_id}_{collection}".encode()).hexdigest()))
+    return reference_point_id("DOC", row_id, collection)
 
 
 def tombstones(conn, schema: str) -> int:

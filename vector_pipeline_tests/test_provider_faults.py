@@ -34,11 +34,9 @@ from vector_pipeline.embedders.base import EmbeddingAnswerError
 from vector_pipeline.embedders.http_limits import response_limit
 from vector_pipeline.embedders.openai_api import _PROBE_TEXT as PROBE_TEXT
 from vector_pipeline.embedders.openai_api import OpenAIEmbedder
-from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import SourceTable
 from vector_pipeline.sync import SyncResult, sync_table
-from vector_pipeline.vector_store import open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.conftest import all_points, create_doc_table, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault, fake_vector
 
 KEY_VAR = "VP_FAULTS_OPENAI_KEY"
@@ -110,12 +108,6 @@ def project(
     )
     setup_database(conn, config)
     return config
-
-
-@pytest.fixture
-def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
-    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
-        yield client
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -192,17 +184,10 @@ def state(config: ProjectConfig, conn: psycopg.Connection, qdrant: QdrantClient)
         for row, _, _, embedded in records
     }
     points: dict[int, tuple[str, list[float]]] = {}
-    offset = None
-    while True:
-        page, offset = qdrant.scroll(
-            collection, limit=500, offset=offset, with_payload=True, with_vectors=True
-        )
-        for point in page:
-            row = point.payload["meta_data"]["row_id"]
-            assert row not in points, f"two points for row {row}"
-            points[row] = (point.payload["content"], point.vector["dense"])
-        if offset is None:
-            break
+    for point in all_points(qdrant, collection, with_payload=True, with_vectors=True):
+        row = point.payload["meta_data"]["row_id"]
+        assert row not in points, f"two points for row {row}"
+        points[row] = (point.payload["content"], point.vector["dense"])
     return State(collection=collection, texts=texts, marks=marks, points=points)
 
 

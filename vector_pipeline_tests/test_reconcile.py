@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import textwrap
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -17,18 +16,10 @@ from qdrant_client import QdrantClient, models
 from vector_pipeline.config import ProjectConfig, TableConfig, load_config
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.embedders import build_embedder
-from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.points import content_hash, point_id
 from vector_pipeline.reconcile import ReconcileReport, reconcile, repair
 from vector_pipeline.sync import SyncResult, sync_table
-from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import write_config
-
-
-@pytest.fixture
-def qdrant(qdrant_path: str) -> Iterator[QdrantClient]:
-    with open_qdrant(QdrantLocation(path=qdrant_path)) as client:
-        yield client
 
 
 def only_table(config: ProjectConfig) -> TableConfig:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
-
 import dagster as dg
 from click.testing import CliRunner
 from qdrant_client import models
@@ -20,12 +17,13 @@ from vector_pipeline.orchestration.resources import (
     QdrantResource,
 )
 from vector_pipeline.vector_store import open_qdrant
+from vector_pipeline_tests.conftest import reference_point_id
 
 COLLECTION = "test_det-a_hybrid"
 
 
 def pid(row_id: int) -> str:
-    return str(uuid.UUID(hashlib.md5(f"DOC_{row_id}_{COLLECTION}".encode()).hexdigest()))
+    return reference_point_id("DOC", row_id, COLLECTION)
 
 
 def cli(project, *args: str):

@@ -28,6 +28,7 @@ from vector_pipeline_tests.conftest import (
     API_KEY_VARIABLE,
     api_project,
     create_doc_table,
+    marked_count,
     sync_model,
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
@@ -61,11 +62,7 @@ def claims(conn: psycopg.Connection, schema: str) -> int:
 
 
 def marked(conn: psycopg.Connection, schema: str) -> int:
-    doc = sql.Identifier(schema, "doc")
-    return conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in = %s::jsonb").format(doc),
-        (f'["{COLLECTION}"]',),
-    ).fetchone()[0]
+    return marked_count(conn, schema, COLLECTION, exactly=True)
 
 
 def test_workers_share_the_rows_and_embed_each_exactly_once(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import uuid
 from collections.abc import Sequence
 
 import psycopg
@@ -20,7 +19,13 @@ from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.search import search
 from vector_pipeline.sync import BatchReport, SyncResult, sync_table
 from vector_pipeline.vector_store import CollectionMismatchError, open_qdrant
-from vector_pipeline_tests.conftest import create_doc_table, write_config
+from vector_pipeline_tests.conftest import (
+    all_points,
+    create_doc_table,
+    marked_ids,
+    reference_point_id,
+    write_config,
+)
 
 
 def run_sync(
@@ -47,25 +52,6 @@ def collection(config: ProjectConfig, model: str | None = None) -> str:
     return collection_name_for("test", model_config.id)
 
 
-def all_points(qdrant: QdrantClient, name: str) -> list[models.Record]:
-    points, offset = [], None
-    while True:
-        page, offset = qdrant.scroll(name, limit=500, offset=offset, with_payload=True)
-        points.extend(page)
-        if offset is None:
-            return points
-
-
-def embedded_ids(conn: psycopg.Connection, schema: str, name: str) -> set[int]:
-    rows = conn.execute(
-        sql.SQL("SELECT id FROM {} WHERE embedded_in @> %s::jsonb").format(
-            sql.Identifier(schema, "doc")
-        ),
-        (f'["{name}"]',),
-    ).fetchall()
-    return {row[0] for row in rows}
-
-
 def test_first_sync_embeds_every_row_and_second_embeds_nothing(project, conn, qdrant, doc_rows):
     first = run_sync(project, conn, qdrant, batch_size=50)
     assert first.embedded == doc_rows
@@ -87,10 +73,9 @@ def test_batches_are_bounded_by_batch_size(project, conn, qdrant, doc_rows):
 
 def test_point_ids_follow_the_reference_formula_and_payload_layout(project, conn, qdrant):
     result = run_sync(project, conn, qdrant)
-    points = {str(p.id): p for p in all_points(qdrant, result.collection)}
+    points = {str(p.id): p for p in all_points(qdrant, result.collection, with_payload=True)}
     for row_id in (1, 42, 120):
-        digest = hashlib.md5(f"DOC_{row_id}_{result.collection}".encode()).hexdigest()
-        point = points[str(uuid.UUID(digest))]
+        point = points[reference_point_id("DOC", row_id, result.collection)]
         text = f"TITLE: Title {row_id}\nCONTENT: Body of document {row_id} about topic {row_id % 7}"
         assert point.payload["content"] == text
         assert point.payload["content_hash"] == hashlib.md5(text.encode()).hexdigest()
@@ -114,11 +99,11 @@ def test_editing_text_reembeds_exactly_that_row(project, conn, qdrant, schema):
     result = run_sync(project, conn, qdrant)
     doc = sql.Identifier(schema, "doc")
     conn.execute(sql.SQL("UPDATE {} SET body = 'rewritten body' WHERE id = 7").format(doc))
-    assert embedded_ids(conn, schema, result.collection) == set(range(1, 121)) - {7}
+    assert marked_ids(conn, schema, result.collection) == set(range(1, 121)) - {7}
 
     again = run_sync(project, conn, qdrant)
     assert again.embedded == 1
-    point_id = str(uuid.UUID(hashlib.md5(f"DOC_7_{result.collection}".encode()).hexdigest()))
+    point_id = reference_point_id("DOC", 7, result.collection)
     (point,) = qdrant.retrieve(result.collection, [point_id], with_payload=True)
     assert point.payload["content"] == "TITLE: Title 7\nCONTENT: rewritten body"
     assert qdrant.count(result.collection, exact=True).count == 120
@@ -130,7 +115,7 @@ def test_editing_columns_outside_the_text_reembeds_nothing(project, conn, qdrant
     # A payload column, a column in no config, and a text column set to its own value.
     conn.execute(sql.SQL("UPDATE {} SET category = 'new', views = views + 1").format(doc))
     conn.execute(sql.SQL("UPDATE {} SET title = title WHERE id < 10").format(doc))
-    assert embedded_ids(conn, schema, result.collection) == set(range(1, 121))
+    assert marked_ids(conn, schema, result.collection) == set(range(1, 121))
     assert run_sync(project, conn, qdrant).embedded == 0
 
 
@@ -138,7 +123,7 @@ def test_bulk_update_of_text_resets_every_touched_row(project, conn, qdrant, sch
     result = run_sync(project, conn, qdrant)
     doc = sql.Identifier(schema, "doc")
     conn.execute(sql.SQL("UPDATE {} SET title = upper(title) WHERE id % 10 = 0").format(doc))
-    assert len(embedded_ids(conn, schema, result.collection)) == 120 - 12
+    assert len(marked_ids(conn, schema, result.collection)) == 120 - 12
     assert run_sync(project, conn, qdrant).embedded == 12
 
 
@@ -153,7 +138,7 @@ def test_switching_default_model_fills_a_new_collection_and_keeps_the_old(
     assert qdrant.count(new.collection, exact=True).count == 120
     assert qdrant.count(old.collection, exact=True).count == 120
     # Rows now list both collections, and the old model still has nothing pending.
-    assert embedded_ids(conn, schema, old.collection) == embedded_ids(conn, schema, new.collection)
+    assert marked_ids(conn, schema, old.collection) == marked_ids(conn, schema, new.collection)
     assert run_sync(project, conn, qdrant).embedded == 0
 
 
@@ -167,7 +152,7 @@ def test_clearing_markers_and_rerunning_creates_no_duplicates_and_pays_nothing(
     conn.execute(sql.SQL("UPDATE {} SET body = 'new text' WHERE id = 7").format(doc))
     again = run_sync(project, conn, qdrant)
     assert (again.embedded, again.adopted, again.tokens > 0) == (1, 119, True)
-    assert embedded_ids(conn, schema, result.collection) == set(range(1, 121))
+    assert marked_ids(conn, schema, result.collection) == set(range(1, 121))
     assert qdrant.count(result.collection, exact=True).count == 120
 
 
@@ -179,7 +164,7 @@ def test_null_and_non_array_markers_count_as_pending(project, conn, qdrant, sche
     conn.execute(sql.SQL("""UPDATE {} SET embedded_in = '{{"a": 1}}' WHERE id = 5""").format(doc))
     result = run_sync(project, conn, qdrant)
     assert result.embedded == 120
-    assert embedded_ids(conn, schema, result.collection) == set(range(1, 121))
+    assert marked_ids(conn, schema, result.collection) == set(range(1, 121))
 
 
 def test_other_collections_in_embedded_in_are_kept(project, conn, qdrant, schema):
@@ -231,12 +216,12 @@ def test_edit_during_embedding_leaves_the_row_pending(project, conn, qdrant, sch
     assert result.embedded == 118
     assert result.left_pending == 2
     assert result.pending_after == 2
-    assert 3 not in embedded_ids(conn, schema, result.collection)
+    assert 3 not in marked_ids(conn, schema, result.collection)
 
     # The next sync writes the edited text over the stale point and marks the rows.
     again = run_sync(project, conn, qdrant)
     assert again.embedded == 2
-    point_id = str(uuid.UUID(hashlib.md5(f"DOC_3_{result.collection}".encode()).hexdigest()))
+    point_id = reference_point_id("DOC", 3, result.collection)
     (point,) = qdrant.retrieve(result.collection, [point_id], with_payload=True)
     assert point.payload["content"].endswith("(edited)")
 
@@ -262,7 +247,7 @@ def test_dimension_mismatch_with_existing_collection_is_a_clear_error(
     )
     with pytest.raises(CollectionMismatchError, match="99-dimensional.*configured for 16"):
         run_sync(project, conn, qdrant)
-    assert embedded_ids(conn, schema, name) == set()
+    assert marked_ids(conn, schema, name) == set()
 
 
 def test_concurrent_local_mode_openers_wait_instead_of_crashing(qdrant_path: str):
@@ -322,7 +307,7 @@ def test_local_model_sync_records_cuts_and_finds_by_meaning(conn, schema, tmp_pa
     setup_database(conn, config)
     result = run_sync(config, conn, qdrant)
     assert (result.embedded, result.truncated, result.chunked) == (4, 0, 1)
-    points = all_points(qdrant, result.collection)
+    points = all_points(qdrant, result.collection, with_payload=True)
     long_row = sorted(
         (p.payload for p in points if p.payload["meta_data"]["row_id"] == 4),
         key=lambda payload: payload["meta_data"]["chunk"],

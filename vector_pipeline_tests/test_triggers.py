@@ -14,7 +14,7 @@ from vector_pipeline.config import ProjectConfig
 from vector_pipeline.database_setup import SetupError, setup_database
 from vector_pipeline.plan import plan
 from vector_pipeline.status import sync_status
-from vector_pipeline_tests.conftest import doc_config, sync_model
+from vector_pipeline_tests.conftest import doc_config, marked_count, sync_model
 
 COLLECTION = "test_det-a_hybrid"
 
@@ -24,12 +24,7 @@ def _config(tmp_path: Path, schema: str, template: str, name: str = "config") ->
 
 
 def _marked(conn: psycopg.Connection, schema: str) -> int:
-    return conn.execute(
-        sql.SQL("SELECT count(*) FROM {} WHERE embedded_in @> %s::jsonb").format(
-            sql.Identifier(schema, "doc")
-        ),
-        (f'["{COLLECTION}"]',),
-    ).fetchone()[0]
+    return marked_count(conn, schema, COLLECTION)
 
 
 def test_a_trigger_dropped_with_a_column_stops_every_sync_until_init_db(
