@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install chromium demo test bench bench-retrieval bench-adoption lint format dev clean
+.PHONY: install chromium demo test test-fast bench bench-retrieval bench-adoption lint format dev clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/pytest -q
+
+# The edit loop (under 2 minutes on 2 cores): unit and integration tests, without the e2e tier
+# (CLI and Dagster processes, servers, crashes) and the tests marked slow. Not a substitute
+# for `make test`, which CI runs.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not e2e"
 
 # The browser test drives Debian's Chromium (Playwright never downloads one here). Install it
 # with apt when it is missing; VP_CHROMIUM names another Chromium and skips this.

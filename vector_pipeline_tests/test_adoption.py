@@ -62,6 +62,8 @@ REFUSED = (
     CollectionMismatchError,
 )  # rows whose body is NULL: the reference printed it as "None"
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAIServer]:
@@ -227,6 +229,7 @@ def _agno_finds(tmp_path: Path, qdrant_path: str, url: str, kind: str, query: st
         _close(store)
 
 
+@pytest.mark.slow
 def test_an_agno_collection_is_adopted_without_embedding_and_then_kept_exact(
     tmp_path: Path,
     schema: str,
@@ -447,6 +450,7 @@ ADOPT_CRASH_POINTS = ["adopt_after_write", "adopt_after_delete"]
 
 
 @pytest.mark.parametrize("point", ADOPT_CRASH_POINTS)
+@pytest.mark.slow
 def test_sigkill_during_adoption_then_a_rerun_leaves_it_exact(
     tmp_path: Path,
     schema: str,
@@ -496,6 +500,7 @@ def test_sigkill_during_adoption_then_a_rerun_leaves_it_exact(
         assert sync_model(config, conn, qdrant).embedded == 0
 
 
+@pytest.mark.slow
 def test_an_operator_adopts_from_dagster_after_a_dry_run(
     project: ProjectConfig,
     conn: psycopg.Connection,

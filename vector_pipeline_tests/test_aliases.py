@@ -17,6 +17,8 @@ from vector_pipeline.config import ConfigError, load_config
 from vector_pipeline.sparse import Bm25
 from vector_pipeline_tests.conftest import sync_model, write_config
 
+pytestmark = pytest.mark.integration
+
 ALIAS = "test_active"
 OLD, NEW = "test_det-a_hybrid", "test_det-b_hybrid"
 ROWS = 120  # the `project` fixture's doc table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from psycopg import sql
 
@@ -9,6 +10,8 @@ from vector_pipeline.cli import main
 from vector_pipeline.source import SourceTable
 from vector_pipeline.sync import NO_TEXT, SyncResult
 from vector_pipeline_tests.conftest import sync_model
+
+pytestmark = pytest.mark.integration
 
 COLLECTION = "test_det-a_hybrid"
 HOSTILE_TEXTS = {

@@ -14,6 +14,8 @@ from vector_pipeline.sessions import SessionStore
 from vector_pipeline_tests.conftest import API_KEY_VARIABLE, api_project, create_doc_table
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, count_cl100k
 
+pytestmark = pytest.mark.integration
+
 PRICE = 0.02  # dollars per million tokens
 BATCH = 20
 

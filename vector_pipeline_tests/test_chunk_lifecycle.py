@@ -27,6 +27,8 @@ from vector_pipeline.search import search_rows
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 LIMIT = 12  # words per input, specials included (deterministic tokens are words)
 
@@ -217,6 +219,7 @@ def test_crash_between_writing_new_chunks_and_deleting_old_ones(
         check(conn, qdrant, chunked, schema, points=len(kept))
 
 
+@pytest.mark.slow
 def test_crash_after_chunk_zero_before_the_others_reembeds(
     chunked, conn, schema, database_url, qdrant_path
 ):

@@ -11,6 +11,8 @@ from vector_pipeline.chunks import REPEAT_MAX_CHARS, chunk_text
 from vector_pipeline.config import LocalModel, TableConfig
 from vector_pipeline.embedders import build_embedder
 
+pytestmark = pytest.mark.unit
+
 TEMPLATE = "TITLE: {title}\nCONTENT: {content}"
 ARABIC = (
     "حَدَّثَنَا الْحُمَيْدِيُّ عَبْدُ اللَّهِ بْنُ الزُّبَيْرِ قَالَ حَدَّثَنَا سُفْيَانُ قَالَ "

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from vector_pipeline.cli import main
 from vector_pipeline_tests.conftest import write_config
 
+pytestmark = pytest.mark.integration
+
 SHIPPED_TABLES = Path(__file__).resolve().parents[1] / "config" / "tables.yaml"
 
 

@@ -18,8 +18,10 @@ from vector_pipeline_tests.conftest import (
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
 
+pytestmark = pytest.mark.integration
 
-@pytest.mark.parametrize("in_flight", [1, 4])
+
+@pytest.mark.parametrize("in_flight", [pytest.param(1, marks=pytest.mark.slow), 4])
 def test_requests_in_flight_stay_within_the_limit_and_rows_land_once(
     conn, schema, tmp_path, qdrant_path, monkeypatch, in_flight
 ):

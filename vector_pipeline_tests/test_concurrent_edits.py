@@ -15,6 +15,8 @@ from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import sync_model
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 
 
@@ -23,6 +25,7 @@ def doc_rows() -> int:
     return 2000
 
 
+@pytest.mark.slow
 def test_edits_during_a_sync_never_leave_stale_text_marked_done(
     project, conn, schema, database_url, qdrant_path
 ):

@@ -10,6 +10,8 @@ import pytest
 from vector_pipeline.config import ConfigError, MissingSecretError, load_config
 from vector_pipeline.embedders import build_embedder
 
+pytestmark = pytest.mark.unit
+
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 GOOD_TABLES = """\

@@ -21,6 +21,8 @@ from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import sync_model
 
+pytestmark = pytest.mark.e2e
+
 ROWS = 1500
 BATCH = 150  # two upsert chunks per batch (128 + 22)
 DELETED = 40  # rows deleted before the crashing sync: their tombstones get drained

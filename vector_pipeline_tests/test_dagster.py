@@ -16,6 +16,8 @@ from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
 from vector_pipeline_tests.conftest import marked_count
 
+pytestmark = pytest.mark.integration
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,7 @@ def test_materializing_one_partition_syncs_that_model(project, database_url, qdr
     assert marked_count(conn, project.tables.schema_, other) == 0
 
 
+@pytest.mark.slow
 def test_the_shipped_workspace_loads_in_dagster(dagster_storage_url):
     """What `dagster dev` loads from the repository root: dagster.yaml (instance on PostgreSQL)
     and workspace.yaml -> vector_pipeline.definitions with the shipped config."""
@@ -134,6 +137,7 @@ def test_workers_are_steps_of_one_materialization(project, database_url, qdrant_
     assert metadata["collection"] == collection_name_for("test", "det-a")
 
 
+@pytest.mark.slow
 def test_workers_run_as_separate_processes_under_the_multiprocess_executor(
     project, database_url, qdrant_path, conn, monkeypatch
 ):

@@ -29,6 +29,8 @@ from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import create_doc_table, marked_count, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ROWS = 60
 MEMO_ROWS = 20

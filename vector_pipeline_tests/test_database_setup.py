@@ -17,6 +17,8 @@ from vector_pipeline.database_setup import (
 )
 from vector_pipeline_tests.conftest import create_doc_table, write_config
 
+pytestmark = pytest.mark.integration
+
 
 def markers(conn, schema):
     return dict(

@@ -12,6 +12,8 @@ from vector_pipeline.deletes import _lock_key
 from vector_pipeline.sync import SyncResult
 from vector_pipeline_tests.conftest import all_points, reference_point_id, sync_model
 
+pytestmark = pytest.mark.integration
+
 COLLECTIONS = ("test_det-a_hybrid", "test_det-b_hybrid")
 
 

@@ -24,6 +24,8 @@ from vector_pipeline.demo_data import (
     seed_demo,
 )
 
+pytestmark = pytest.mark.integration
+
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 ARABIC = re.compile("[\u0600-\u06ff]")

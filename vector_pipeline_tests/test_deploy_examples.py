@@ -17,6 +17,8 @@ from vector_pipeline.config import load_config, load_orchestration
 from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.executors import build_executor
 
+pytestmark = pytest.mark.integration
+
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 EXAMPLES = {"kubernetes": "k8s", "docker": "docker", "celery": "celery"}
 

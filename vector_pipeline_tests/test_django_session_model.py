@@ -29,6 +29,8 @@ from vector_pipeline.sessions import (
 from vector_pipeline.source import connect
 from vector_pipeline_tests.conftest import create_doc_table, write_config
 
+pytestmark = pytest.mark.integration
+
 MODEL_FILE = Path(__file__).resolve().parents[1] / "integrations/django/embedding_session_model.py"
 # The installed app the models below belong to, as if copied into its models.py.
 APP = "vector_pipeline_tests"

@@ -33,6 +33,8 @@ from vector_pipeline.embedders.batching import (
 from vector_pipeline.embedders.local import LocalEmbedder
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault, fake_vector
 
+pytestmark = pytest.mark.unit
+
 KEY_VAR = "TEST_OPENAI_KEY"
 KEY = "sk-test-0123456789abcdef"
 

@@ -28,6 +28,8 @@ from vector_pipeline_tests.conftest import (
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault
 
+pytestmark = pytest.mark.e2e
+
 PASSWORD = "Sentinel-Passw0rd-7f3a"
 API_KEY = "sk-sentinel-apikey-91c2e"
 

@@ -13,6 +13,8 @@ from vector_pipeline.reconcile import reconcile
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import sync_model, write_config
 
+pytestmark = pytest.mark.integration
+
 TABLE = 'Odd "Table" Name; DROP'
 
 

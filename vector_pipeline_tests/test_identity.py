@@ -24,6 +24,8 @@ from vector_pipeline.reconcile import reconcile
 from vector_pipeline.source import SourceTable
 from vector_pipeline_tests.conftest import doc_config, sync_model, write_config
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from psycopg import sql
 from qdrant_client import QdrantClient, models
@@ -21,6 +22,8 @@ from vector_pipeline.search import search_rows
 from vector_pipeline.sparse import SparseSettings
 from vector_pipeline.vector_store import SPARSE
 from vector_pipeline_tests.conftest import create_doc_table, sync_model, write_config
+
+pytestmark = pytest.mark.integration
 
 VOWELLED = "إِنَّمَا الْأَعْمَالُ بِالنِّيَّاتِ، وَإِنَّمَا لِكُلِّ امْرِئٍ مَا نَوَى"
 PERSIAN = "کتاب‌ها را می‌خوانم و یادداشت برمی‌دارم"

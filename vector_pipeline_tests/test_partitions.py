@@ -13,6 +13,8 @@ from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline_tests.conftest import doc_config, sync_model
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 
 

@@ -3,12 +3,15 @@ point on the next sync without embedding anything, and reconcile counts payload 
 
 from __future__ import annotations
 
+import pytest
 from psycopg import sql
 
 from vector_pipeline.database_setup import setup_database
 from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile, repair
 from vector_pipeline_tests.conftest import doc_config, sync_model
+
+pytestmark = pytest.mark.integration
 
 COLLECTIONS = ("test_det-a_hybrid", "test_det-b_hybrid")
 

@@ -20,6 +20,8 @@ from vector_pipeline_tests.conftest import (
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
 
+pytestmark = pytest.mark.integration
+
 PRICE = 0.02  # dollars per million tokens, text-embedding-3-small's list price
 
 

@@ -39,6 +39,8 @@ from vector_pipeline.sync import SyncResult, sync_table
 from vector_pipeline_tests.conftest import all_points, create_doc_table, write_config
 from vector_pipeline_tests.openai_server import FakeOpenAIServer, Fault, fake_vector
 
+pytestmark = pytest.mark.integration
+
 KEY_VAR = "VP_FAULTS_OPENAI_KEY"
 KEY = "sk-sentinel-5b1e7c9d2a4f6083e1f9QZXW"
 MODEL_KEY = "fake_openai"

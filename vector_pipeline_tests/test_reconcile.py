@@ -21,6 +21,8 @@ from vector_pipeline.reconcile import ReconcileReport, reconcile, repair
 from vector_pipeline.sync import SyncResult, sync_table
 from vector_pipeline_tests.conftest import write_config
 
+pytestmark = pytest.mark.integration
+
 
 def only_table(config: ProjectConfig) -> TableConfig:
     return config.tables.tables[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 from click.testing import CliRunner
 from qdrant_client import models
 
@@ -18,6 +19,8 @@ from vector_pipeline.orchestration.resources import (
 )
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import reference_point_id
+
+pytestmark = pytest.mark.integration
 
 COLLECTION = "test_det-a_hybrid"
 

@@ -26,6 +26,8 @@ from vector_pipeline.points import point_id
 from vector_pipeline.reconcile import reconcile
 from vector_pipeline_tests.conftest import doc_config, sync_model
 
+pytestmark = pytest.mark.e2e
+
 COLLECTION = "test_det-a_hybrid"
 DOC_COLUMNS = "id bigint PRIMARY KEY, title text, body text"
 

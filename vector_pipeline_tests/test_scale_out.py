@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from vector_pipeline.locations import QdrantLocation
@@ -32,6 +33,8 @@ from vector_pipeline_tests.conftest import (
     sync_model,
 )
 from vector_pipeline_tests.openai_server import FakeOpenAIServer
+
+pytestmark = pytest.mark.e2e
 
 WORKERS = 3
 # What `vector-pipeline sync` runs, with the store record left out (see the module docstring).

@@ -18,6 +18,8 @@ from vector_pipeline.orchestration.session_write_back import SESSION_TAG, SESSIO
 from vector_pipeline.sessions import COMPLETED, FAILED, PENDING, PROCESSING, SessionStore
 from vector_pipeline_tests.conftest import write_config
 
+pytestmark = pytest.mark.integration
+
 JOB = "embedding_sync"
 
 
@@ -137,6 +139,7 @@ def test_pending_sessions_become_one_run_request_each(defs, instance, postgres, 
     assert [r.run_key for r in again.run_requests] == [r.run_key for r in result.run_requests]
 
 
+@pytest.mark.slow
 def test_sessions_whose_runs_wait_in_the_queue_do_not_hide_newer_ones(
     defs, instance, postgres, store
 ):

@@ -26,6 +26,8 @@ from vector_pipeline.sessions import (
 from vector_pipeline.source import SourceTable, connect
 from vector_pipeline_tests.conftest import write_config
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def store(project, conn) -> SessionStore:

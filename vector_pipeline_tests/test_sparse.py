@@ -26,6 +26,8 @@ from vector_pipeline.sparse import (
     normalise_arabic_script,
 )
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parent.parent / "vector_pipeline" / "data"
 
 # Two real words that are their own English stems and whose signed murmur3 hashes are

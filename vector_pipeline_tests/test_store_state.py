@@ -20,6 +20,8 @@ from vector_pipeline.sync import sync_configured_table
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import sync_model
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 
 

@@ -27,6 +27,8 @@ from vector_pipeline_tests.conftest import (
     write_config,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def run_sync(
     config: ProjectConfig,

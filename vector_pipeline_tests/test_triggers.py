@@ -16,6 +16,8 @@ from vector_pipeline.plan import plan
 from vector_pipeline.status import sync_status
 from vector_pipeline_tests.conftest import doc_config, marked_count, sync_model
 
+pytestmark = pytest.mark.integration
+
 COLLECTION = "test_det-a_hybrid"
 
 

@@ -25,6 +25,8 @@ from vector_pipeline.sync import NO_TEXT
 from vector_pipeline.vector_store import open_qdrant
 from vector_pipeline_tests.conftest import doc_config, sync_model
 
+pytestmark = pytest.mark.integration
+
 TABLE = TableConfig(
     name="doc", table="doc", data_type="DOC", collection_base="test", text_template="{a} {b}"
 )
@@ -219,6 +221,7 @@ def cli_run(config: ProjectConfig, database_url: str, qdrant_path: str, pgtz: st
     )
 
 
+@pytest.mark.slow
 def test_timestamptz_renders_alike_whatever_the_client_time_zone(
     tmp_path, schema, conn, database_url, qdrant_path
 ):

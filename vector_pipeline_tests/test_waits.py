@@ -27,6 +27,8 @@ from vector_pipeline.locations import QdrantLocation
 from vector_pipeline.source import connect
 from vector_pipeline.vector_store import open_qdrant
 
+pytestmark = pytest.mark.integration
+
 WAIT = 60  # seconds a test waits for an expected line before failing (never reached when green)
 
 
@@ -117,6 +119,7 @@ def test_connections_get_timeouts_and_keepalives(database_url, monkeypatch):
     assert own["options"] == "-c lock_timeout=5s -c statement_timeout=0"
 
 
+@pytest.mark.slow
 def test_a_status_behind_a_lock_says_what_it_waits_for(project, conn, cli_env, database_url):
     schema = project.tables.schema_
     lock = sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(schema, "doc"))
@@ -129,6 +132,7 @@ def test_a_status_behind_a_lock_says_what_it_waits_for(project, conn, cli_env, d
     assert "doc" in stdout
 
 
+@pytest.mark.slow
 def test_lock_timeout_fails_in_one_line_naming_table_and_holder(
     project, conn, cli_env, database_url
 ):
@@ -150,6 +154,7 @@ def test_lock_timeout_fails_in_one_line_naming_table_and_holder(
     assert "embedded 120 " in stdout
 
 
+@pytest.mark.slow
 def test_waiting_for_the_local_qdrant_folder_says_so(project, cli_env, qdrant_path):
     with open_qdrant(QdrantLocation(path=qdrant_path)):
         cli = Cli(project.config_dir, cli_env, "sync")
@@ -160,6 +165,7 @@ def test_waiting_for_the_local_qdrant_folder_says_so(project, cli_env, qdrant_pa
     assert "embedded 120 " in stdout
 
 
+@pytest.mark.slow
 def test_a_connection_killed_mid_sync_is_one_clear_error_and_loses_nothing(
     project, conn, cli_env, database_url, qdrant_path
 ):
