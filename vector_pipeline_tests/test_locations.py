@@ -18,6 +18,8 @@ from vector_pipeline.definitions import build_definitions
 from vector_pipeline.orchestration.resources import PostgresResource, QdrantResource
 from vector_pipeline_tests.conftest import write_config
 
+pytestmark = pytest.mark.e2e  # tier: see pyproject markers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_TABLES = REPO_ROOT / "config" / "tables.yaml"
 

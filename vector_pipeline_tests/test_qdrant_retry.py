@@ -25,6 +25,8 @@ from vector_pipeline.vector_store import (
 )
 from vector_pipeline_tests.qdrant_server import Reply, ScriptedQdrant
 
+pytestmark = pytest.mark.integration  # tier: see pyproject markers
+
 UPSERT = ("PUT", "/collections/docs/points?wait=true")
 DELETE = ("POST", "/collections/docs/points/delete?wait=true")
 IDS = ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"]
