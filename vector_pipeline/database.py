@@ -29,6 +29,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.pq import TransactionStatus
 
+from vector_pipeline.locations import SettingError, seconds
 from vector_pipeline.messages import first_line, shorten
 
 CONNECT_TIMEOUT_ENV = "VECTOR_PIPELINE_PG_CONNECT_TIMEOUT"
@@ -52,17 +53,11 @@ class DatabaseError(RuntimeError):
 
 
 def setting(variable: str) -> float:
-    """A timeout in seconds from the environment, else its default."""
-    raw = os.environ.get(variable)
-    if raw is None or not raw.strip():
-        return DEFAULTS[variable]
+    """A timeout in seconds from the environment (0: no limit), else its default."""
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise DatabaseError(f"{variable} must be a number of seconds (0 for no limit)")
-    return value
+        return seconds(variable, DEFAULTS[variable])
+    except SettingError as exc:
+        raise DatabaseError(f"{exc} (0 for no limit)") from None
 
 
 def _parse(database_url: str) -> dict[str, Any]:

@@ -144,6 +144,20 @@ def positive_int(name: str, default: int) -> int:
     return int(raw)
 
 
+def seconds(name: str, default: float) -> float:
+    """The seconds in `$name` (0 or more, finite), else `default`; a bad value fails naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise SettingError(f"{name} must be a number of seconds, 0 or more, not {raw!r}")
+    return value
+
+
 def qdrant_server(url: str) -> QdrantLocation:
     """The server at `url` with $QDRANT_API_KEY and the client options from the environment:
     $QDRANT_TIMEOUT (seconds, default 60), $QDRANT_PREFER_GRPC (true/false), $QDRANT_GRPC_PORT

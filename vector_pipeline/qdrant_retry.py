@@ -9,7 +9,6 @@ wrong (a 4xx other than 429: a bad vector size, a missing collection) is never r
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,7 +17,7 @@ import tenacity
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from vector_pipeline.locations import SettingError, positive_int
+from vector_pipeline.locations import positive_int, seconds
 from vector_pipeline.messages import first_line
 
 log = logging.getLogger("vector_pipeline.vector_store")  # managed in dagster.yaml's run log
@@ -53,16 +52,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _first_wait() -> float:
-    raw = os.environ.get(FIRST_WAIT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_FIRST_WAIT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise SettingError(f"{FIRST_WAIT_ENV} must be a number of seconds, 0 or more, not {raw!r}")
-    return value
+    return seconds(FIRST_WAIT_ENV, DEFAULT_FIRST_WAIT)
 
 
 def _wait(first: float) -> Callable[[tenacity.RetryCallState], float]:
