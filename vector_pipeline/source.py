@@ -465,6 +465,12 @@ class SourceTable:
     def rows(self, keys: Sequence[str]) -> dict[str, SourceRow]:
         """The rows with exactly these key texts (gone ones are left out), with their text,
         payload and name columns and text version, read only; by key text."""
+        return self._rows_by_key(keys, texts=True)
+
+    def _rows_by_key(self, keys: Sequence[str], *, texts: bool) -> dict[str, SourceRow]:
+        """The rows with exactly these key texts, by key text: with `texts`, every column a
+        sync reads and the text version; else only the payload and name columns (`version`
+        blank)."""
         if not keys:
             return {}
 
@@ -474,9 +480,9 @@ class SourceTable:
                 "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
             ).format(
                 key_name=sql.Identifier(KEY_TEXT),
-                version=self._version,
+                version=self._version if texts else sql.SQL("''"),
                 version_name=sql.Identifier(VERSION),
-                columns=self.select_values("t"),
+                columns=self.select_values("t", texts=texts),
                 relation=self._relation,
                 match=self.key.match("t", sql.SQL("v.k")),
             )
@@ -719,28 +725,9 @@ class SourceTable:
     def payload_values(self, keys: Sequence[str]) -> dict[str, SourceRow]:
         """The rows with exactly these key texts, by key text, with only their name column
         (in `values`) and payload columns (rows that are gone are left out)."""
-        if not keys or not self.config.payload_columns_and_name:
+        if not self.config.payload_columns_and_name:
             return {}
-
-        def read() -> list[dict[str, Any]]:
-            query = sql.SQL(
-                "SELECT v.k AS {key_name}, {columns} "
-                "FROM unnest(%s::text[]) AS v(k) JOIN {relation} AS t ON {match}"
-            ).format(
-                key_name=sql.Identifier(KEY_TEXT),
-                columns=self.select_values("t", texts=False),
-                relation=self._relation,
-                match=self.key.match("t", sql.SQL("v.k")),
-            )
-            with self.conn.cursor(row_factory=dict_row) as cursor:
-                return cursor.execute(query, (list(keys),)).fetchall()
-
-        records = self.read_safely(read)
-        found: dict[str, SourceRow] = {}
-        for record in records:
-            key = record.pop(KEY_TEXT)
-            found[key] = self.read_row(key, "", record)
-        return found
+        return self._rows_by_key(keys, texts=False)
 
     def mark_pending(self, collection: str, keys: Sequence[str]) -> int:
         """Remove `collection` (only it) from `embedded_in` of the rows with these key texts;

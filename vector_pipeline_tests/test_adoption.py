@@ -197,6 +197,20 @@ def _texts(conn: psycopg.Connection, schema: str, null_as: str = "") -> dict[int
     }
 
 
+def _repair_command(database_url: str, qdrant_path: str, config: ProjectConfig) -> Any:
+    """`vector-pipeline repair`, the operator's command, in this process (it shares the open
+    local-mode client)."""
+    return CliRunner().invoke(
+        main,
+        ["repair"],
+        env={
+            "DATABASE_URL": database_url,
+            "QDRANT_PATH": qdrant_path,
+            "VECTOR_PIPELINE_CONFIG_DIR": str(config.config_dir),
+        },
+    )
+
+
 def _marked(conn: psycopg.Connection, schema: str) -> int:
     return marked_count(conn, schema, COLLECTION, table="article")
 
@@ -268,15 +282,7 @@ def test_an_agno_collection_is_adopted_without_embedding_and_then_kept_exact(
 
         # So does repair, before it unmarks a single row.
         marked_before = _marked(conn, schema)
-        refused = CliRunner().invoke(
-            main,
-            ["repair"],
-            env={
-                "DATABASE_URL": database_url,
-                "QDRANT_PATH": qdrant_path,
-                "VECTOR_PIPELINE_CONFIG_DIR": str(config.config_dir),
-            },
-        )
+        refused = _repair_command(database_url, qdrant_path, config)
         assert refused.exit_code == 1 and "vector-pipeline adopt" in refused.output
         assert _marked(conn, schema) == marked_before == ROWS - 2
 
@@ -339,16 +345,7 @@ def test_an_agno_collection_is_adopted_without_embedding_and_then_kept_exact(
         check = reconcile(conn, qdrant, table, schema, COLLECTION)
         assert check.ok, check.to_dict()
         requests_before_repair = len(server.requests)
-        # The operator's command, in this process (it shares the open local-mode client).
-        repaired = CliRunner().invoke(
-            main,
-            ["repair"],
-            env={
-                "DATABASE_URL": database_url,
-                "QDRANT_PATH": qdrant_path,
-                "VECTOR_PIPELINE_CONFIG_DIR": str(config.config_dir),
-            },
-        )
+        repaired = _repair_command(database_url, qdrant_path, config)
         assert repaired.exit_code == 0, repaired.output
         assert "missing 0, orphan 0, stale 0" in repaired.output
         assert len(server.requests) == requests_before_repair
